@@ -1,0 +1,62 @@
+# modelpilot — one entry point for set-up, checks, tests and the demo.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: all venv check fmt crds test unit integration cluster-build cluster-up cluster-down demo demo-down clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@echo ">> creating virtual environment in $(VENV)"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip uv
+	@$(BIN)/uv pip install -q --python $(BIN)/python -e '.[operator,runtime,dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+crds: $(STAMP)
+	$(BIN)/python -m modelpilot_operator.crdgen --out crds/
+
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy operator/src/modelpilot_operator runtime-image/src/modelpilot_runtime
+	$(BIN)/lint-imports
+	$(BIN)/python -m modelpilot_operator.crdgen --check crds/
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q
+
+# The local cluster: real etcd + kube-apiserver + controllers built from Go modules.
+cluster-build: $(STAMP)
+	$(BIN)/python -m e2e.cluster build
+
+cluster-up: $(STAMP)
+	$(BIN)/python -m e2e.cluster up
+
+cluster-down: $(STAMP)
+	$(BIN)/python -m e2e.cluster down
+
+integration: cluster-build
+	$(BIN)/python -m pytest tests/integration -q -m integration
+
+test: check unit integration
+
+demo: $(STAMP)
+	$(BIN)/python -m e2e.demo
+
+demo-down: $(STAMP)
+	$(BIN)/python -m e2e.demo down
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
