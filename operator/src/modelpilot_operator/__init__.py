@@ -1,0 +1,3 @@
+"""modelpilot operator: reconciles ModelDeployments and drives metric-based rollouts."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Metric queries (PromQL templates) and the statistical verdicts drawn from them."""

@@ -1,0 +1,1 @@
+"""The ModelDeployment API: pydantic models are the one source of the CRD schema."""

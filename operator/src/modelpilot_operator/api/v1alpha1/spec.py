@@ -1,0 +1,569 @@
+"""ModelDeployment spec: what the user asks for.
+
+Every cross-field rule is written twice on purpose: as CEL (``x-kubernetes-validations``), so
+the API server rejects the object at admission, and as a pydantic validator, so the operator
+and the CLI give the same message offline. A property test keeps the two in agreement.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from pydantic.config import JsonDict
+
+from .common import (
+    ApiModel,
+    Duration,
+    LabelValue,
+    Name,
+    Quantity,
+    ShortText,
+    cel,
+    parse_duration,
+)
+from .promql import validate_query_template
+
+ModelFormat = Literal["onnx", "torchserve"]
+ExecutionProvider = Literal["tensorrt", "cuda", "cpu"]
+GraphOptimization = Literal["disabled", "basic", "extended", "all"]
+Strategy = Literal["canary", "abTest", "shadow", "blueGreen"]
+PromotionMode = Literal["auto", "manual"]
+Router = Literal["istio", "gatewayApi", "none"]
+BuiltinCheck = Literal["errorRate", "latencyP50", "latencyP99", "predictionDivergence"]
+
+STORAGE_URI_PATTERN = r"^((s3|gs|https?|file|pvc)://[^\s]+|/[^\s]*)$"
+
+
+def _check_storage_uri(value: object) -> object:
+    if isinstance(value, str) and not re.fullmatch(STORAGE_URI_PATTERN, value):
+        raise ValueError(
+            f"unsupported storageUri {value!r}: use s3://, gs://, http(s)://, file://, "
+            "pvc://<claim>/<path> or an absolute path"
+        )
+    return value
+
+
+StorageUri = Annotated[
+    str,
+    StringConstraints(pattern=STORAGE_URI_PATTERN, min_length=1, max_length=1024),
+    BeforeValidator(_check_storage_uri),
+]
+SecretName = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", max_length=253
+    ),
+]
+CheckName = Annotated[
+    str, StringConstraints(pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", min_length=1, max_length=63)
+]
+
+
+def _list_map(*keys: str) -> JsonDict:
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+_SET: JsonDict = {"x-kubernetes-list-type": "set"}
+
+
+class ModelSource(ApiModel):
+    """Where a version's model comes from and what format it is in."""
+
+    format: ModelFormat = "onnx"
+    storage_uri: StorageUri = Field(
+        description="s3://, gs://, http(s)://, file://, pvc://<claim>/<path>, or a local path."
+    )
+    checksum: Annotated[str, StringConstraints(pattern=r"^sha256:[a-f0-9]{64}$")] | None = Field(
+        default=None, description="sha256:<hex> of the model file, checked after download."
+    )
+    credentials_secret: SecretName | None = Field(
+        default=None,
+        description="Secret in the same namespace with the storage credentials "
+        "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_ENDPOINT_URL).",
+    )
+
+
+class Batching(ApiModel):
+    """Dynamic batching in the runtime: gather requests up to a size or a delay."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.maxQueueSize >= self.maxBatchSize",
+                    "maxQueueSize must be at least maxBatchSize",
+                )
+            ]
+        }
+    )
+
+    enabled: bool = True
+    max_batch_size: int = Field(default=8, ge=1, le=4096)
+    max_delay: Duration = "2ms"
+    max_queue_size: int = Field(default=256, ge=1, le=100_000)
+    timeout: Duration = Field(default="5s", description="A request queued longer is rejected.")
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> Batching:
+        if self.max_queue_size < self.max_batch_size:
+            raise ValueError("maxQueueSize must be at least maxBatchSize")
+        return self
+
+
+class Warmup(ApiModel):
+    """Synthetic requests run before a version reports ready."""
+
+    enabled: bool = True
+    iterations: int = Field(default=3, ge=0, le=1000)
+
+
+class Quantization(ApiModel):
+    """Optional quantization applied when the model is loaded."""
+
+    mode: Literal["none", "dynamicInt8"] = "none"
+
+
+class ResultCache(ApiModel):
+    """An LRU cache of results keyed by model version and input bytes."""
+
+    enabled: bool = False
+    max_entries: int = Field(default=1024, ge=1, le=1_000_000)
+
+
+class EnvVar(ApiModel):
+    """A plain environment variable for the runtime container."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
+    value: Annotated[str, StringConstraints(max_length=4096)] = ""
+
+
+class RuntimeSettings(ApiModel):
+    """How the bundled runtime serves the version."""
+
+    image: ShortText | None = Field(
+        default=None, description="Runtime image; the operator's default when unset."
+    )
+    execution_providers: list[ExecutionProvider] = Field(
+        default_factory=lambda: list[ExecutionProvider](["cuda", "cpu"]),
+        min_length=1,
+        max_length=3,
+        json_schema_extra=_SET,
+        description="Ordered onnxruntime providers; the runtime falls back along the list.",
+    )
+    graph_optimization: GraphOptimization = "all"
+    intra_op_threads: int = Field(default=0, ge=0, le=256, description="0: the runtime decides.")
+    inter_op_threads: int = Field(default=0, ge=0, le=256, description="0: the runtime decides.")
+    batching: Batching = Field(default_factory=Batching)
+    warmup: Warmup = Field(default_factory=Warmup)
+    quantization: Quantization = Field(default_factory=Quantization)
+    cache: ResultCache = Field(default_factory=ResultCache)
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=32, json_schema_extra=_list_map("name")
+    )
+
+    @field_validator("execution_providers")
+    @classmethod
+    def _providers_unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("executionProviders must not repeat a provider")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_unique(cls, value: list[EnvVar]) -> list[EnvVar]:
+        names = [e.name for e in value]
+        if len(set(names)) != len(names):
+            raise ValueError("env must not repeat a variable name")
+        return value
+
+
+class Resources(ApiModel):
+    """Compute for each pod of the version."""
+
+    cpu: Quantity = "1"
+    memory: Quantity = "2Gi"
+    gpu: int = Field(default=0, ge=0, le=16, description="nvidia.com/gpu per pod.")
+
+
+class Toleration(ApiModel):
+    """A pod toleration, as in the core API."""
+
+    key: Annotated[str, StringConstraints(max_length=253)] | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: LabelValue | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0, le=1_000_000_000)
+
+
+class ScalingMetric(ApiModel):
+    """One HPA target: cpu/memory in percent of the request, inflight in requests per pod."""
+
+    type: Literal["cpu", "memory", "inflight"]
+    target: int = Field(ge=1, le=100_000)
+
+
+class Scaling(ApiModel):
+    """Replica bounds; an HPA is made when maxReplicas > minReplicas."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.maxReplicas >= self.minReplicas",
+                    "maxReplicas must be at least minReplicas",
+                )
+            ]
+        }
+    )
+
+    min_replicas: int = Field(default=1, ge=1, le=1000)
+    max_replicas: int = Field(default=1, ge=1, le=1000)
+    metrics: list[ScalingMetric] = Field(
+        default_factory=list, max_length=3, json_schema_extra=_list_map("type")
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Scaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("maxReplicas must be at least minReplicas")
+        types = [m.type for m in self.metrics]
+        if len(set(types)) != len(types):
+            raise ValueError("scaling.metrics must not repeat a metric type")
+        return self
+
+
+class ModelVersion(ApiModel):
+    """A version of the model that may receive traffic."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.model.format != 'torchserve' || self.runtime.quantization.mode == 'none'",
+                    "quantization is only available for onnx models",
+                )
+            ]
+        }
+    )
+
+    name: Name
+    model: ModelSource
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    resources: Resources = Field(default_factory=Resources)
+    scaling: Scaling = Field(default_factory=Scaling)
+    node_selector: dict[str, LabelValue] = Field(default_factory=dict, max_length=32)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+
+    @model_validator(mode="after")
+    def _format_settings(self) -> ModelVersion:
+        if self.model.format == "torchserve" and self.runtime.quantization.mode != "none":
+            raise ValueError("quantization is only available for onnx models")
+        return self
+
+
+class Step(ApiModel):
+    """A canary step: the candidate's share of traffic, held at least for the pause."""
+
+    weight: int = Field(ge=0, le=100)
+    pause: Duration | None = Field(
+        default=None, description="How long to hold the step; one analysis interval if unset."
+    )
+
+
+class TrafficMatch(ApiModel):
+    """An A/B match: requests with this header or cookie value go to the candidate."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.header) != has(self.cookie)",
+                    "a match names exactly one of header or cookie",
+                ),
+                cel(
+                    "(has(self.exact) ? 1 : 0) + (has(self.prefix) ? 1 : 0) + "
+                    "(has(self.regex) ? 1 : 0) == 1",
+                    "a match sets exactly one of exact, prefix or regex",
+                ),
+            ]
+        }
+    )
+
+    header: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]+$", max_length=256)] | None = (
+        None
+    )
+    cookie: (
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$", max_length=256)] | None
+    ) = None
+    exact: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    prefix: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    regex: Annotated[str, StringConstraints(max_length=1024)] | None = None
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> TrafficMatch:
+        if (self.header is None) == (self.cookie is None):
+            raise ValueError("a match names exactly one of header or cookie")
+        if sum(v is not None for v in (self.exact, self.prefix, self.regex)) != 1:
+            raise ValueError("a match sets exactly one of exact, prefix or regex")
+        return self
+
+
+_LATENCY = "['latencyP50', 'latencyP99']"
+
+
+class Check(ApiModel):
+    """One analysis check: a built-in comparison with stable, or a custom PromQL template."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.builtin) != has(self.query)",
+                    "a check sets exactly one of builtin or query",
+                ),
+                cel(
+                    "!has(self.query) || has(self.min) || has(self.max)",
+                    "a query check needs min or max",
+                ),
+                cel(
+                    f"!has(self.maxRatio) || (has(self.builtin) && self.builtin in {_LATENCY})",
+                    "maxRatio applies only to the latency built-ins",
+                ),
+            ]
+        }
+    )
+
+    name: CheckName
+    builtin: BuiltinCheck | None = None
+    query: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = Field(
+        default=None,
+        description="PromQL template (jinja2); variables: namespace, name, version, stable, "
+        "candidate, interval. Evaluated for the candidate and compared with min/max.",
+    )
+    min: float | None = None
+    max: float | None = None
+    max_ratio: float | None = Field(
+        default=None, ge=1.0, le=100.0, description="Candidate/stable ratio allowed (latency)."
+    )
+
+    @model_validator(mode="after")
+    def _shape(self) -> Check:
+        if (self.builtin is None) == (self.query is None):
+            raise ValueError("a check sets exactly one of builtin or query")
+        if self.query is not None:
+            if self.min is None and self.max is None:
+                raise ValueError("a query check needs min or max")
+            validate_query_template(self.query)
+        if self.max_ratio is not None and self.builtin not in ("latencyP50", "latencyP99"):
+            raise ValueError("maxRatio applies only to the latency built-ins")
+        return self
+
+
+def _default_checks() -> list[Check]:
+    return [
+        Check(name="error-rate", builtin="errorRate"),
+        Check(name="latency-p99", builtin="latencyP99", max_ratio=1.25),
+    ]
+
+
+class Analysis(ApiModel):
+    """How the candidate is judged, interval by interval."""
+
+    interval: Duration = "1m"
+    min_samples: int = Field(
+        default=100,
+        ge=1,
+        le=10_000_000,
+        description="Fewer requests per version in an interval make it inconclusive.",
+    )
+    failure_limit: int = Field(
+        default=2, ge=0, le=100, description="Failed intervals tolerated; one more rolls back."
+    )
+    inconclusive_deadline: Duration = Field(
+        default="10m", description="Inconclusive this long in a row fails the rollout."
+    )
+    significance: float = Field(
+        default=0.01, ge=0.0001, le=0.5, description="Type I error of the statistical tests."
+    )
+    checks: list[Check] = Field(
+        default_factory=_default_checks, max_length=16, json_schema_extra=_list_map("name")
+    )
+
+    @field_validator("checks")
+    @classmethod
+    def _unique_names(cls, value: list[Check]) -> list[Check]:
+        names = [c.name for c in value]
+        if len(set(names)) != len(names):
+            raise ValueError("analysis check names must be unique")
+        return value
+
+    @field_validator("interval", "inconclusive_deadline")
+    @classmethod
+    def _positive(cls, value: str) -> str:
+        if parse_duration(value) <= 0:
+            raise ValueError("must be longer than 0")
+        return value
+
+
+def _default_steps() -> list[Step]:
+    return [Step(weight=10), Step(weight=25), Step(weight=50)]
+
+
+class Rollout(ApiModel):
+    """A candidate being tried against the stable version."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.strategy != 'abTest' || size(self.match) > 0",
+                    "an abTest rollout needs at least one match",
+                ),
+                cel(
+                    "self.strategy != 'canary' || size(self.steps) > 0",
+                    "a canary rollout needs at least one step",
+                ),
+                cel(
+                    "self.steps.map(s, s.weight).isSorted()",
+                    "step weights must not decrease",
+                ),
+            ]
+        }
+    )
+
+    candidate: Name
+    strategy: Strategy = "canary"
+    steps: list[Step] = Field(default_factory=_default_steps, max_length=32)
+    match: list[TrafficMatch] = Field(default_factory=list, max_length=16)
+    mirror_percent: int = Field(default=100, ge=1, le=100, description="shadow: share mirrored.")
+    iterations: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="abTest, shadow, blueGreen: passing intervals needed before promotion.",
+    )
+    analysis: Analysis = Field(default_factory=Analysis)
+    promotion: PromotionMode = "auto"
+
+    @model_validator(mode="after")
+    def _strategy_needs(self) -> Rollout:
+        if self.strategy == "abTest" and not self.match:
+            raise ValueError("an abTest rollout needs at least one match")
+        if self.strategy == "canary" and not self.steps:
+            raise ValueError("a canary rollout needs at least one step")
+        weights = [s.weight for s in self.steps]
+        if weights != sorted(weights):
+            raise ValueError("step weights must not decrease")
+        return self
+
+
+class ParentRef(ApiModel):
+    """A Gateway API parent (a Gateway, or a Service for mesh routing)."""
+
+    name: ShortText
+    namespace: ShortText | None = None
+    kind: Literal["Gateway", "Service"] = "Gateway"
+    section_name: ShortText | None = None
+
+
+class Routing(ApiModel):
+    """Which traffic router carries the weights."""
+
+    router: Router = "istio"
+    hosts: list[Annotated[str, StringConstraints(max_length=253)]] = Field(
+        default_factory=list, max_length=16, json_schema_extra=_SET
+    )
+    gateways: list[Annotated[str, StringConstraints(max_length=253)]] = Field(
+        default_factory=list, max_length=16, json_schema_extra=_SET
+    )
+    parent_refs: list[ParentRef] = Field(default_factory=list, max_length=16)
+
+
+class ModelDeploymentSpec(ApiModel):
+    """The desired state of a ModelDeployment."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.versions.exists(v, v.name == self.stable)",
+                    "spec.stable must name one of spec.versions",
+                    ".stable",
+                ),
+                cel(
+                    "!has(self.rollout) || "
+                    "self.versions.exists(v, v.name == self.rollout.candidate)",
+                    "spec.rollout.candidate must name one of spec.versions",
+                    ".rollout.candidate",
+                ),
+                cel(
+                    "!has(self.rollout) || self.rollout.candidate != self.stable",
+                    "spec.rollout.candidate must differ from spec.stable",
+                    ".rollout.candidate",
+                ),
+                cel(
+                    "!has(self.rollout) || self.routing.router != 'none' || "
+                    "self.rollout.strategy == 'blueGreen'",
+                    "router none supports only the blueGreen strategy; "
+                    "set spec.routing.router to istio or gatewayApi",
+                    ".routing.router",
+                ),
+            ]
+        }
+    )
+
+    versions: list[ModelVersion] = Field(
+        min_length=1, max_length=16, json_schema_extra=_list_map("name")
+    )
+    stable: Name
+    replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Replicas of the stable version when it is not autoscaled "
+        "(written by the scale subresource); scaling.minReplicas when unset.",
+    )
+    rollout: Rollout | None = None
+    routing: Routing = Field(default_factory=Routing)
+
+    @field_validator("versions")
+    @classmethod
+    def _unique_versions(cls, value: list[ModelVersion]) -> list[ModelVersion]:
+        names = [v.name for v in value]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"version names must be unique; repeated: {', '.join(dup)}")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> ModelDeploymentSpec:
+        names = {v.name for v in self.versions}
+        if self.stable not in names:
+            raise ValueError("spec.stable must name one of spec.versions")
+        if self.rollout is not None:
+            if self.rollout.candidate not in names:
+                raise ValueError("spec.rollout.candidate must name one of spec.versions")
+            if self.rollout.candidate == self.stable:
+                raise ValueError("spec.rollout.candidate must differ from spec.stable")
+            if self.routing.router == "none" and self.rollout.strategy != "blueGreen":
+                raise ValueError(
+                    "router none supports only the blueGreen strategy; "
+                    "set spec.routing.router to istio or gatewayApi"
+                )
+        return self
+
+    def version(self, name: str) -> ModelVersion:
+        """The version called ``name`` (KeyError if there is none)."""
+        for v in self.versions:
+            if v.name == name:
+                return v
+        raise KeyError(name)

@@ -1,0 +1,1 @@
+"""PURE: the desired child objects (plain dicts) of a ModelDeployment, from its spec and status."""

@@ -1,0 +1,1 @@
+"""Thin kopf handlers: read, call the pure code, apply, patch status. Nothing imports them."""

@@ -1,0 +1,1 @@
+"""PURE: the rollout state machine: (spec, status, observations, now) -> decision."""

@@ -1,0 +1,1 @@
+"""modelpilot runtime: serves ONNX and TorchServe models with the Open Inference Protocol."""
