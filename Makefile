@@ -56,8 +56,11 @@ integration: $(STAMP)
 
 test: check unit integration
 
+# For now: check an example ModelDeployment, then the runtime serving sample models on :8080
+# (see README); the cluster demo comes later.
 demo: $(STAMP)
 	$(BIN)/modelpilot validate --show-defaults examples/canary.yaml
+	$(BIN)/python -m modelpilot_runtime.demo
 
 demo-down: $(STAMP)
 	$(BIN)/python -m e2e.demo down

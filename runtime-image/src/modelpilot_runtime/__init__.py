@@ -1,1 +1,3 @@
-"""modelpilot runtime: serves ONNX and TorchServe models with the Open Inference Protocol."""
+"""modelpilot runtime: ONNX models served with Open Inference Protocol v2 and TF-Serving REST."""
+
+__version__ = "0.1.0"

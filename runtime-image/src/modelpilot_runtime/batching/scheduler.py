@@ -1,0 +1,325 @@
+"""Request scheduling for one model version.
+
+`Runner` executes a (possibly batched) call on the backend, either inline on the event loop
+or in the version's worker thread, and records compute time, batch size and predicted
+classes. Inline execution is for models whose batch-1 run costs less than handing work to a
+thread and back (tens of microseconds); everything slower runs in the thread so the event
+loop keeps reading requests meanwhile.
+
+`DirectScheduler` runs every request on its own. `DynamicBatcher` queues requests and runs up
+to `max_batch_size` of them together once the batch is full or the oldest request has waited
+`max_delay`; requests that cannot share a batch (different inner shapes) wait for the next
+one. Both keep at most `max_queue` requests waiting and reject the rest at once (429); a
+request that waited past its timeout is rejected (503) instead of run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from modelpilot_runtime.backends.base import Backend
+from modelpilot_runtime.config import BatchingSettings
+from modelpilot_runtime.errors import BackendError, InferenceError, RejectedError
+from modelpilot_runtime.metrics import VersionMetrics
+from modelpilot_runtime.tensors import Array
+
+Outputs = dict[str, Array]
+
+
+class ClassCounter(Protocol):
+    def __call__(self, results: Outputs) -> None: ...
+
+
+class Runner:
+    """Calls the backend and records what the call cost."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        metrics: VersionMetrics,
+        inline: bool,
+        executor: ThreadPoolExecutor | None,
+        count_classes: ClassCounter | None,
+        class_output: str | None,
+    ) -> None:
+        self.backend = backend
+        self.metrics = metrics
+        self.inline = inline or executor is None
+        self.executor = executor
+        self.count_classes = count_classes
+        self.class_output = class_output
+
+    def _names(self, outputs: list[str] | None) -> list[str] | None:
+        # The classification output is always computed, so the class metric sees every row.
+        if outputs is None or self.class_output is None or self.class_output in outputs:
+            return outputs
+        return [*outputs, self.class_output]
+
+    def run_sync(self, feeds: dict[str, Array], outputs: list[str] | None, batch: int) -> Outputs:
+        started = time.perf_counter()
+        try:
+            results = self.backend.predict(feeds, self._names(outputs))
+        except InferenceError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"model execution failed: {exc}") from exc
+        self.metrics.compute_duration.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(batch)
+        if self.count_classes is not None:
+            self.count_classes(results)
+        return results
+
+    async def run(self, feeds: dict[str, Array], outputs: list[str] | None, batch: int) -> Outputs:
+        if self.inline:
+            return self.run_sync(feeds, outputs, batch)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.run_sync, feeds, outputs, batch)
+
+
+class Scheduler(Protocol):
+    runner: Runner
+
+    @property
+    def pending(self) -> int: ...
+
+    async def submit(
+        self, inputs: dict[str, Array], outputs: list[str] | None, rows: int
+    ) -> Outputs: ...
+
+    async def close(self) -> None: ...
+
+
+class DirectScheduler:
+    """No batching: each request runs alone, at most `max_queue` waiting or running."""
+
+    def __init__(self, runner: Runner, settings: BatchingSettings) -> None:
+        self.runner = runner
+        self.max_queue = settings.max_queue
+        self._pending = 0
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def run_now(self, inputs: dict[str, Array], outputs: list[str] | None) -> Outputs:
+        """The inline fast path: no queue, no task, no thread."""
+        m = self.runner.metrics
+        m.queue_duration.observe(0.0)
+        return self.runner.run_sync(inputs, outputs, 1)
+
+    async def submit(
+        self, inputs: dict[str, Array], outputs: list[str] | None, rows: int
+    ) -> Outputs:
+        if self._pending >= self.max_queue:
+            raise RejectedError(
+                f"too many requests in flight for this model ({self.max_queue}); retry later",
+                "queue_full",
+                429,
+            )
+        m = self.runner.metrics
+        self._pending += 1
+        m.pending.inc()
+        try:
+            m.queue_duration.observe(0.0)
+            return await self.runner.run(inputs, outputs, 1)
+        finally:
+            self._pending -= 1
+            m.pending.dec()
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass(slots=True, eq=False)
+class _Waiting:
+    inputs: dict[str, Array]
+    outputs: list[str] | None
+    rows: int
+    key: tuple[Any, ...]
+    enqueued: float
+    future: asyncio.Future[Outputs]
+
+
+def _batch_key(inputs: dict[str, Array]) -> tuple[Any, ...]:
+    return tuple((name, arr.dtype.str, arr.shape[1:]) for name, arr in inputs.items())
+
+
+class DynamicBatcher:
+    """Gathers requests into batches of up to `max_batch_size` rows."""
+
+    def __init__(self, runner: Runner, settings: BatchingSettings) -> None:
+        self.runner = runner
+        self.max_batch = settings.max_batch_size
+        self.max_delay = settings.max_delay_ms / 1000.0
+        self.max_queue = settings.max_queue
+        self.timeout = settings.timeout_ms / 1000.0
+        self._queue: deque[_Waiting] = deque()
+        self._rows = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._work())
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def submit(
+        self, inputs: dict[str, Array], outputs: list[str] | None, rows: int
+    ) -> Outputs:
+        if self._closed:
+            raise RejectedError("the model version is shutting down", "shutdown")
+        if len(self._queue) >= self.max_queue:
+            raise RejectedError(
+                f"queue full ({self.max_queue} requests waiting for this model); retry later",
+                "queue_full",
+                429,
+            )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outputs] = loop.create_future()
+        self._queue.append(
+            _Waiting(inputs, outputs, rows, _batch_key(inputs), time.monotonic(), future)
+        )
+        self._rows += rows
+        m = self.runner.metrics
+        m.pending.inc()
+        # Wake the worker when it waits for a first request, or for a batch that is now full.
+        if len(self._queue) == 1 or self._rows >= self.max_batch:
+            self._wake()
+        try:
+            return await future
+        finally:
+            m.pending.dec()
+
+    async def _wait(self, deadline: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        handle = None
+        if deadline is not None:
+            handle = loop.call_at(loop.time() + max(0.0, deadline - time.monotonic()), self._wake)
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+            if handle is not None:
+                handle.cancel()
+
+    async def _work(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                await self._wait(None)
+                continue
+            if self.max_delay > 0 and self._rows < self.max_batch:
+                deadline = self._queue[0].enqueued + self.max_delay
+                if deadline > time.monotonic():
+                    await self._wait(deadline)
+                    continue  # re-check: full, deadline passed, or closed
+            else:
+                # Let every request already readable in this loop turn join the batch.
+                await asyncio.sleep(0)
+            batch = self._take()
+            if batch:
+                await self._run(batch)
+
+    def _take(self) -> list[_Waiting]:
+        now = time.monotonic()
+        batch: list[_Waiting] = []
+        rest: deque[_Waiting] = deque()
+        rows = 0
+        key = None
+        while self._queue:
+            item = self._queue.popleft()
+            if item.future.done():  # the client went away
+                self._rows -= item.rows
+                continue
+            if now - item.enqueued > self.timeout:
+                self._rows -= item.rows
+                item.future.set_exception(
+                    RejectedError(
+                        f"waited {1000 * (now - item.enqueued):.0f} ms in the queue, past the "
+                        f"{1000 * self.timeout:.0f} ms request timeout",
+                        "timeout",
+                    )
+                )
+                continue
+            if key is None:
+                key = item.key
+            if item.key == key and (not batch or rows + item.rows <= self.max_batch):
+                batch.append(item)
+                rows += item.rows
+                self._rows -= item.rows
+            else:
+                rest.append(item)
+        self._queue = rest
+        return batch
+
+    async def _run(self, batch: list[_Waiting]) -> None:
+        started = time.monotonic()
+        m = self.runner.metrics
+        for item in batch:
+            m.queue_duration.observe(started - item.enqueued)
+        first = batch[0]
+        if len(batch) == 1:
+            feeds = first.inputs
+            outputs = first.outputs
+        else:
+            feeds = {name: np.concatenate([w.inputs[name] for w in batch]) for name in first.inputs}
+            outputs = _union_outputs(batch)
+        total = sum(w.rows for w in batch)
+        try:
+            results = await self.runner.run(feeds, outputs, len(batch))
+            if len(batch) > 1:
+                for name, arr in results.items():
+                    if arr.ndim == 0 or arr.shape[0] != total:
+                        raise BackendError(
+                            f"output {name!r} has shape {list(arr.shape)} for a batch of {total} "
+                            "rows: this model cannot be batched; set max_batch_size to 1"
+                        )
+        except Exception as exc:
+            error = exc if isinstance(exc, InferenceError) else BackendError(str(exc))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        offset = 0
+        for item in batch:
+            if not item.future.done():
+                names = item.outputs if item.outputs is not None else list(results)
+                if len(batch) == 1:
+                    item.future.set_result({n: results[n] for n in names})
+                else:
+                    end = offset + item.rows
+                    item.future.set_result({n: results[n][offset:end] for n in names})
+            offset += item.rows
+
+    async def close(self) -> None:
+        """Finish everything queued, then stop the worker."""
+        self._closed = True
+        self._wake()
+        if self._task is not None:
+            await self._task
+
+
+def _union_outputs(batch: list[_Waiting]) -> list[str] | None:
+    names: list[str] = []
+    for item in batch:
+        if item.outputs is None:
+            return None
+        names.extend(n for n in item.outputs if n not in names)
+    return names

@@ -1,0 +1,210 @@
+"""Open Inference Protocol v2 over gRPC (`inference.GRPCInferenceService`) on grpc.aio,
+sharing the event loop, repository and schedulers with the HTTP server.
+
+Errors map to gRPC codes (400 INVALID_ARGUMENT, 404 NOT_FOUND, 429 RESOURCE_EXHAUSTED,
+503 UNAVAILABLE, 500 INTERNAL); the request metrics record the HTTP-equivalent code.
+Messages over the size limit are refused by gRPC itself before they are read whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import numpy as np
+
+from modelpilot_runtime import __version__
+from modelpilot_runtime.errors import BadRequestError, InferenceError
+from modelpilot_runtime.metrics import GRPC_V2
+from modelpilot_runtime.repository.model import ServedVersion
+from modelpilot_runtime.server.proto import inference_pb2 as pb
+from modelpilot_runtime.server.proto import inference_pb2_grpc as pb_grpc
+from modelpilot_runtime.server.routes import EXTENSIONS, SERVER_NAME, RuntimeState
+from modelpilot_runtime.tensors import (
+    Array,
+    array_to_raw,
+    check_shape,
+    element_count,
+    raw_to_array,
+    v2_datatype_of,
+    v2_dtype,
+)
+
+CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def decode_inputs(request: Any) -> dict[str, Array]:
+    inputs: dict[str, Array] = {}
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise BadRequestError(
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give one per input"
+        )
+    for i, tensor in enumerate(request.inputs):
+        where = f"input {tensor.name!r}"
+        if tensor.name in inputs:
+            raise BadRequestError(f"{where} is given twice")
+        dtype = v2_dtype(tensor.datatype, where)
+        shape = check_shape(list(tensor.shape), where)
+        if raw:
+            inputs[tensor.name] = raw_to_array(raw[i], dtype, shape, where)
+            continue
+        field = CONTENTS_FIELD.get(tensor.datatype)
+        if field is None:
+            raise BadRequestError(
+                f"{where}: {tensor.datatype} data must come in raw_input_contents"
+            )
+        values = list(getattr(tensor.contents, field))
+        count = element_count(shape)
+        if len(values) != count:
+            raise BadRequestError(
+                f"{where}: contents.{field} has {len(values)} elements, "
+                f"shape {list(shape)} needs {count}"
+            )
+        try:
+            arr = (
+                np.array(values, dtype=dtype)
+                if dtype.kind != "O"
+                else np.array([*values, None], dtype=object)[:-1]
+            )
+        except (ValueError, OverflowError) as exc:
+            raise BadRequestError(
+                f"{where}: contents do not fit {tensor.datatype}: {exc}"
+            ) from None
+        inputs[tensor.name] = arr.reshape(shape)
+    if not inputs:
+        raise BadRequestError("the request has no inputs")
+    return inputs
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, runtime: RuntimeState) -> None:
+        self.rt = runtime
+        self.repo = runtime.repository
+        self.outcomes = runtime.outcomes
+
+    async def ServerLive(  # noqa: N802
+        self, request: pb.ServerLiveRequest, context: Any
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(  # noqa: N802
+        self, request: pb.ServerReadyRequest, context: Any
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.rt.ready)
+
+    async def ModelReady(  # noqa: N802
+        self, request: pb.ModelReadyRequest, context: Any
+    ) -> pb.ModelReadyResponse:
+        served = self.repo.find(request.name, request.version or None)
+        if served is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown model {request.name!r} version {request.version!r}",
+            )
+        return pb.ModelReadyResponse(ready=served is not None and served.ready)
+
+    async def ServerMetadata(  # noqa: N802
+        self, request: pb.ServerMetadataRequest, context: Any
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=__version__, extensions=EXTENSIONS
+        )
+
+    async def ModelMetadata(  # noqa: N802
+        self, request: pb.ModelMetadataRequest, context: Any
+    ) -> pb.ModelMetadataResponse:
+        try:
+            served = self.repo.get(request.name, request.version or None)
+        except InferenceError as exc:
+            await context.abort(CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+            raise  # unreachable: abort raises
+        meta = served.metadata()
+        if not request.version:
+            meta["versions"] = sorted(
+                v for v, s in self.repo.models.get(request.name, {}).items() if s.ready
+            )
+        tm = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[
+                tm(name=s.name, datatype=s.datatype, shape=list(s.shape))
+                for s in served.input_specs
+            ],
+            outputs=[
+                tm(name=s.name, datatype=s.datatype, shape=list(s.shape))
+                for s in served.output_specs
+            ],
+        )
+
+    async def ModelInfer(  # noqa: N802
+        self, request: pb.ModelInferRequest, context: Any
+    ) -> pb.ModelInferResponse:
+        import time
+
+        started = time.perf_counter()
+        served: ServedVersion | None = None
+        try:
+            served = self.repo.get(request.model_name, request.model_version or None)
+            inputs = decode_inputs(request)
+            outputs = [o.name for o in request.outputs] or None
+            if served.fast:
+                results = served.infer_now(inputs, outputs)
+            else:
+                results = await served.infer(inputs, outputs)
+        except InferenceError as exc:
+            self.outcomes.failed(exc, served, request.model_name, GRPC_V2, started)
+            await context.abort(CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+            raise  # unreachable: abort raises
+        response = pb.ModelInferResponse(
+            model_name=served.model, model_version=served.version, id=request.id
+        )
+        out_tensor = pb.ModelInferResponse.InferOutputTensor
+        for name, arr in results.items():
+            response.outputs.append(
+                out_tensor(name=name, datatype=v2_datatype_of(arr), shape=list(arr.shape))
+            )
+            response.raw_output_contents.append(array_to_raw(arr))
+        self.outcomes.done(served, served.model, GRPC_V2, 200, started)
+        return response
+
+
+async def start_grpc(
+    runtime: RuntimeState, host: str, port: int, max_message: int
+) -> tuple[Any, int]:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message),
+            ("grpc.max_send_message_length", max_message),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(runtime), server)  # type: ignore[no-untyped-call]
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen for gRPC on {host}:{port}")
+    await server.start()
+    return server, bound

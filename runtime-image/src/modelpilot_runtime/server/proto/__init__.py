@@ -1,0 +1,1 @@
+"""The gRPC protocol definition and the modules generated from it."""

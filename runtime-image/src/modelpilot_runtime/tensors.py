@@ -1,0 +1,174 @@
+"""Tensor descriptions and the mapping between v2 datatypes, numpy dtypes and ONNX types.
+
+Everything that turns request bytes into arrays (HTTP JSON, binary extension, gRPC, TF-Serving)
+agrees on these tables, so a datatype means the same on every protocol.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from modelpilot_runtime.errors import BadRequestError
+
+Array = npt.NDArray[Any]
+
+# Little-endian on the wire, as the binary extension and gRPC raw contents specify.
+V2_TO_NUMPY: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+NUMPY_TO_V2: dict[np.dtype[Any], str] = {v: k for k, v in V2_TO_NUMPY.items()}
+NUMPY_TO_V2[np.dtype(np.str_)] = "BYTES"
+NUMPY_TO_V2[np.dtype(np.bytes_)] = "BYTES"
+
+ONNX_TO_V2: dict[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A model input or output: name, v2 datatype and shape (-1 for a dimension of any size)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return V2_TO_NUMPY[self.datatype]
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+def v2_dtype(datatype: object, where: str) -> np.dtype[Any]:
+    """The numpy dtype of a v2 datatype name, or a 400 that names the bad one."""
+    if not isinstance(datatype, str):
+        raise BadRequestError(
+            f"{where}: 'datatype' must be a string, got {type(datatype).__name__}"
+        )
+    try:
+        return V2_TO_NUMPY[datatype]
+    except KeyError:
+        raise BadRequestError(
+            f"{where}: unsupported datatype {datatype!r}; expected one of {', '.join(V2_TO_NUMPY)}"
+        ) from None
+
+
+def check_shape(shape: object, where: str) -> tuple[int, ...]:
+    """A validated shape tuple: a list of non-negative integers."""
+    if not isinstance(shape, (list, tuple)):
+        raise BadRequestError(f"{where}: 'shape' must be a list of integers")
+    for dim in shape:
+        if type(dim) is not int or dim < 0:
+            raise BadRequestError(
+                f"{where}: 'shape' must be a list of non-negative integers, got {shape}"
+            )
+    return tuple(shape)
+
+
+def element_count(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def decode_bytes_tensor(buf: bytes | memoryview, count: int, where: str) -> Array:
+    """BYTES in the binary layout: each element a 4-byte little-endian length, then the bytes."""
+    out = np.empty(count, dtype=object)
+    view = memoryview(buf)
+    pos, end = 0, len(view)
+    for i in range(count):
+        if pos + 4 > end:
+            raise BadRequestError(f"{where}: binary BYTES data ends after {i} of {count} elements")
+        (n,) = struct.unpack_from("<I", view, pos)
+        pos += 4
+        if pos + n > end:
+            raise BadRequestError(
+                f"{where}: binary BYTES element {i} runs past the end of the data"
+            )
+        out[i] = bytes(view[pos : pos + n])
+        pos += n
+    if pos != end:
+        raise BadRequestError(f"{where}: {end - pos} bytes left over after {count} BYTES elements")
+    return out
+
+
+def encode_bytes_tensor(arr: Array) -> bytes:
+    parts: list[bytes] = []
+    for item in arr.ravel():
+        b = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(struct.pack("<I", len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def raw_to_array(
+    buf: bytes | memoryview, dtype: np.dtype[Any], shape: tuple[int, ...], where: str
+) -> Array:
+    """An array over raw little-endian bytes (no copy), checking the size first."""
+    count = element_count(shape)
+    if dtype.kind == "O":
+        return decode_bytes_tensor(buf, count, where).reshape(shape)
+    expected = count * dtype.itemsize
+    if len(buf) != expected:
+        raise BadRequestError(
+            f"{where}: got {len(buf)} bytes of data, shape {list(shape)} needs {expected}"
+        )
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+def array_to_raw(arr: Array) -> bytes:
+    if arr.dtype.kind in "OUS":
+        return encode_bytes_tensor(arr)
+    return np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def v2_datatype_of(arr: Array) -> str:
+    kind = arr.dtype.kind
+    if kind in "OUS":
+        return "BYTES"
+    return NUMPY_TO_V2.get(
+        arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype, "BYTES"
+    )
+
+
+def json_default(obj: Any) -> Any:
+    """orjson's fallback for what OPT_SERIALIZE_NUMPY leaves out (numpy.longlong, float16,
+    non-contiguous arrays)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
