@@ -142,7 +142,16 @@ def start_subprocess(
 ) -> Subprocess:
     http_port, grpc_port = free_port(), free_port()
     log = tmp_path / "server.log"
-    proc = subprocess.Popen(
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        proc = _popen(args, http_port, grpc_port, out, env)
+    sub = Subprocess(proc, http_port, grpc_port, log)
+    return _wait_ready(sub)
+
+
+def _popen(
+    args: list[str], http_port: int, grpc_port: int, out: Any, env: dict[str, str] | None
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -156,11 +165,14 @@ def start_subprocess(
             str(grpc_port),
             *args,
         ],
-        stdout=log.open("wb"),
+        stdout=out,
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
     )
-    sub = Subprocess(proc, http_port, grpc_port, log)
+
+
+def _wait_ready(sub: Subprocess) -> Subprocess:
+    proc, log = sub.proc, sub.log
 
     def ready() -> bool:
         if proc.poll() is not None:

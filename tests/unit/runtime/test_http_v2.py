@@ -216,37 +216,39 @@ def test_every_datatype_as_binary(client: httpx.Client) -> None:
     assert offset == len(raw)
 
 
+def body_with(drop: str = "", copies: int = 1, **fields: object) -> bytes:
+    """A tiny infer body with one input whose fields are replaced (or one dropped)."""
+    item: dict[str, object] = {
+        "name": "input",
+        "shape": [1, 8],
+        "datatype": "FP32",
+        "data": [0] * 8,
+    }
+    item.update(fields)
+    item.pop(drop, None)
+    return json.dumps({"inputs": [item] * copies}).encode()
+
+
 BAD_REQUESTS = [
     (b"{not json", "not valid JSON"),
     (b"[1, 2]", "must be a JSON object"),
     (b"{}", "'inputs' must be a non-empty list"),
-    (json.dumps({"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0] * 8}]}).encode(),
-     "unknown input(s) 'x'"),
-    (json.dumps({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP64", "data": [0] * 8}]}).encode(),
-     "datatype FP64 does not match the model's FP32"),
-    (json.dumps({"inputs": [{"name": "input", "shape": [1, 7], "datatype": "FP32", "data": [0] * 7}]}).encode(),
-     "shape [1, 7] does not match"),
-    (json.dumps({"inputs": [{"name": "input", "shape": [8], "datatype": "FP32", "data": [0] * 8}]}).encode(),
-     "has 1 dimensions, the model expects 2"),
-    (json.dumps({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0] * 5}]}).encode(),
-     "has 5 elements, shape [1, 8] needs 8"),
-    (json.dumps({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP99", "data": [0] * 8}]}).encode(),
-     "unsupported datatype 'FP99'"),
-    (json.dumps({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": ["a"] * 8}]}).encode(),
-     "does not fit datatype"),
-    (json.dumps({"inputs": [{"name": "input", "shape": [1, -8], "datatype": "FP32", "data": [0] * 8}]}).encode(),
-     "non-negative integers"),
-    (json.dumps({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32"}]}).encode(),
-     "needs 'data' or parameters.binary_data_size"),
-    (json.dumps({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0] * 8}],
-                 "outputs": [{"name": "nope"}]}).encode(),
-     "unknown output 'nope'"),
-    (json.dumps({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0] * 8}] * 2}).encode(),
-     "is given twice"),
-    (json.dumps({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32",
-                             "parameters": {"binary_data_size": 32}}]}).encode(),
-     "without Inference-Header-Content-Length"),
-]  # fmt: skip
+    (body_with(name="x"), "unknown input(s) 'x'"),
+    (body_with(datatype="FP64"), "datatype FP64 does not match the model's FP32"),
+    (body_with(shape=[1, 7], data=[0] * 7), "shape [1, 7] does not match"),
+    (body_with(shape=[8]), "has 1 dimensions, the model expects 2"),
+    (body_with(data=[0] * 5), "has 5 elements, shape [1, 8] needs 8"),
+    (body_with(datatype="FP99"), "unsupported datatype 'FP99'"),
+    (body_with(data=["a"] * 8), "does not fit datatype"),
+    (body_with(shape=[1, -8]), "non-negative integers"),
+    (body_with(drop="data"), "needs 'data' or parameters.binary_data_size"),
+    (body_with(copies=2), "is given twice"),
+    (body_with(parameters={"binary_data_size": 32}), "without Inference-Header-Content-Length"),
+    (
+        json.dumps({**json.loads(body_with()), "outputs": [{"name": "nope"}]}).encode(),
+        "unknown output 'nope'",
+    ),
+]
 
 
 @pytest.mark.parametrize(("body", "message"), BAD_REQUESTS)

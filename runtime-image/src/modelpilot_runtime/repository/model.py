@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 # Below this batch-1 run time, handing the run to a thread costs more than it frees the loop.
 INLINE_BELOW_SECONDS = 0.0005
 
+REJECT_REASONS = ("queue_full", "timeout", "not_ready", "shutdown")
+
 LOADING, READY, UNLOADING, UNLOADED, FAILED = "LOADING", "READY", "UNLOADING", "UNLOADED", "FAILED"
 
 
@@ -133,6 +135,12 @@ class ServedVersion:
         self.fast = isinstance(self.scheduler, DirectScheduler) and inline and not cfg.faults.active
         self._idle = asyncio.Event()
         self._idle.set()
+        # Every series exists from the start, so rate() over them never sees a gap.
+        for reason in REJECT_REASONS:
+            self.metrics.rejected.labels(self.model, self.version, reason)
+        if self.cache is not None:
+            self.vm.cache_hit.inc(0)
+            self.vm.cache_miss.inc(0)
         self.state = READY
         m = self.metrics
         m.model_ready.remove(self.model, self.version, "")
