@@ -10,9 +10,9 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-import tritonclient.grpc as grpcclient
+import tritonclient.grpc as grpcclient  # type: ignore[import-untyped]
 from tests.unit.runtime.conftest import RunningServer
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
 from modelpilot_runtime.server.proto import inference_pb2 as pb
 from modelpilot_runtime.server.proto import inference_pb2_grpc as pb_grpc
@@ -111,7 +111,7 @@ def test_errors(
 @pytest.fixture
 def stub(server: RunningServer) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
     with grpc.insecure_channel(server.grpc_target) as channel:
-        yield pb_grpc.GRPCInferenceServiceStub(channel)
+        yield pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
 
 
 def test_typed_contents(stub: pb_grpc.GRPCInferenceServiceStub) -> None:

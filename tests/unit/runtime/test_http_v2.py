@@ -6,6 +6,7 @@ import json
 import socket
 import struct
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -16,7 +17,7 @@ from tests.unit.runtime.conftest import RunningServer
 X = [[1, 2, 3, 4, 5, 6, 7, 8], [0, 0, 0, 0, 1, 1, 1, 1]]
 
 
-def tiny_body(data: list[list[float]] = X, **extra: object) -> dict[str, object]:
+def tiny_body(data: list[list[int]] = X, **extra: object) -> dict[str, object]:
     flat = [v for row in data for v in row]
     return {
         "inputs": [{"name": "input", "shape": [len(data), 8], "datatype": "FP32", "data": flat}],
@@ -131,7 +132,7 @@ def binary_request(
     return head + b"".join(raw for *_, raw in inputs), str(len(head))
 
 
-def split_binary(response: httpx.Response) -> tuple[dict[str, object], bytes]:
+def split_binary(response: httpx.Response) -> tuple[dict[str, Any], bytes]:
     n = int(response.headers["inference-header-content-length"])
     return json.loads(response.content[:n]), response.content[n:]
 
@@ -145,7 +146,7 @@ def test_binary_tensor_extension(client: httpx.Client, sample_repo: Path) -> Non
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/octet-stream"
     head, raw = split_binary(response)
-    (out,) = head["outputs"]  # type: ignore[misc]
+    (out,) = head["outputs"]
     assert out["parameters"]["binary_data_size"] == len(raw) == 2 * 3 * 4
     (expected,) = reference(sample_repo, "tiny", {"input": x})
     np.testing.assert_allclose(np.frombuffer(raw, np.float32).reshape(2, 3), expected, rtol=1e-6)
@@ -203,7 +204,7 @@ def test_every_datatype_as_binary(client: httpx.Client) -> None:
     assert response.status_code == 200, response.text
     head, raw = split_binary(response)
     offset = 0
-    for out in head["outputs"]:  # type: ignore[attr-defined]
+    for out in head["outputs"]:
         size = out["parameters"]["binary_data_size"]
         chunk = raw[offset : offset + size]
         offset += size

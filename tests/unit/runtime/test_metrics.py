@@ -6,9 +6,9 @@ from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from tests.unit.runtime.conftest import run_server
 
 from modelpilot_runtime.metrics import CONTRACT
-from tests.unit.runtime.conftest import run_server
 
 # Written out again on purpose: renaming a metric must fail here, not only change the tuple.
 PINNED = {
@@ -38,8 +38,12 @@ def scrape(client: httpx.Client) -> dict[str, list[tuple[dict[str, str], float]]
     return samples
 
 
-def value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
-    return sum(v for lab, v in samples.get(name, []) if all(lab.get(k) == x for k, x in labels.items()))
+def value(
+    samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
+) -> float:
+    return sum(
+        v for lab, v in samples.get(name, []) if all(lab.get(k) == x for k, x in labels.items())
+    )
 
 
 def test_contract_names_are_pinned() -> None:
@@ -48,28 +52,50 @@ def test_contract_names_are_pinned() -> None:
 
 def test_metrics_follow_the_contract(sample_repo: Path) -> None:
     with run_server(model_repository=sample_repo) as srv, httpx.Client(base_url=srv.url) as client:
-        body = {"inputs": [{"name": "input", "shape": [3, 8], "datatype": "FP32", "data": [1.0] * 24}]}
+        body = {
+            "inputs": [{"name": "input", "shape": [3, 8], "datatype": "FP32", "data": [1.0] * 24}]
+        }
         for _ in range(4):
             assert client.post("/v2/models/tiny/infer", json=body).status_code == 200
         assert client.post("/v2/models/tiny/infer", content=b"{").status_code == 400
         assert client.post("/v2/models/whatever/infer", content=b"{}").status_code == 404
         samples = scrape(client)
     for name, labels in PINNED.items():
-        present = [lab for n, rows in samples.items() if n.startswith(name.removesuffix("_total")) for lab, _ in rows]
+        present = [
+            lab
+            for n, rows in samples.items()
+            if n.startswith(name.removesuffix("_total"))
+            for lab, _ in rows
+        ]
         assert present, f"{name} missing"
         for lab in present:
             assert set(labels) <= set(lab), (name, lab)
-    assert value(samples, "modelpilot_inference_requests_total", model="tiny", code="200", protocol="v2-http") == 4
+    assert (
+        value(
+            samples,
+            "modelpilot_inference_requests_total",
+            model="tiny",
+            code="200",
+            protocol="v2-http",
+        )
+        == 4
+    )
     assert value(samples, "modelpilot_inference_requests_total", model="tiny", code="400") == 1
     # An unknown model name never becomes a label value.
     assert value(samples, "modelpilot_inference_requests_total", model="_unknown", code="404") == 1
     assert not any(lab.get("model") == "whatever" for rows in samples.values() for lab, _ in rows)
     assert value(samples, "modelpilot_inference_batch_size_count", model="tiny") == 4
     assert value(samples, "modelpilot_inference_compute_duration_seconds_count", model="tiny") == 4
-    assert value(samples, "modelpilot_model_ready", model="tiny", provider="CPUExecutionProvider") == 1
+    assert (
+        value(samples, "modelpilot_model_ready", model="tiny", provider="CPUExecutionProvider") == 1
+    )
     assert value(samples, "modelpilot_model_load_duration_seconds", model="tiny", stage="load") > 0
     # 4 requests of 3 identical rows: 12 predictions of one class.
-    classes = [(lab["class"], v) for lab, v in samples["modelpilot_prediction_class_total"] if lab["model"] == "tiny"]
+    classes = [
+        (lab["class"], v)
+        for lab, v in samples["modelpilot_prediction_class_total"]
+        if lab["model"] == "tiny"
+    ]
     assert len(classes) == 1
     assert classes[0][1] == 12
     assert value(samples, "modelpilot_build_info") == 1
@@ -77,12 +103,20 @@ def test_metrics_follow_the_contract(sample_repo: Path) -> None:
 
 def test_cache_hits_and_misses(sample_repo: Path) -> None:
     with (
-        run_server(model_repository=sample_repo, model_defaults={"cache": {"max_entries": 8}}) as srv,
+        run_server(
+            model_repository=sample_repo, model_defaults={"cache": {"max_entries": 8}}
+        ) as srv,
         httpx.Client(base_url=srv.url) as client,
     ):
-        one = {"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [1.0] * 8}]}
-        two = {"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [2.0] * 8}]}
-        answers = [client.post("/v2/models/tiny/infer", json=b).json() for b in (one, one, two, one)]
+        one = {
+            "inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [1.0] * 8}]
+        }
+        two = {
+            "inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [2.0] * 8}]
+        }
+        answers = [
+            client.post("/v2/models/tiny/infer", json=b).json() for b in (one, one, two, one)
+        ]
         assert answers[0] == answers[1] == answers[3]
         assert answers[0] != answers[2]
         samples = scrape(client)

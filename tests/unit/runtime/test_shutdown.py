@@ -9,7 +9,6 @@ import threading
 from pathlib import Path
 
 import httpx
-
 from tests.unit.runtime.conftest import start_subprocess, wait_until
 
 BODY = json.dumps(
@@ -42,7 +41,9 @@ def test_sigterm_under_load_fails_no_request(sample_repo: Path, tmp_path: Path) 
         conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
         while not stop.is_set():
             try:
-                conn.request("POST", "/v2/models/tiny/infer", BODY, {"Content-Type": "application/json"})
+                conn.request(
+                    "POST", "/v2/models/tiny/infer", BODY, {"Content-Type": "application/json"}
+                )
             except OSError:
                 # Sending failed: the server had closed this connection after telling us so, or
                 # stopped listening; the request was never accepted, so it cannot have failed.

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import tritonclient.http as httpclient
+import tritonclient.http as httpclient  # type: ignore[import-untyped]
 from tests.unit.runtime.conftest import RunningServer
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
 
 @pytest.fixture
