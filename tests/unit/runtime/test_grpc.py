@@ -11,11 +11,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient  # type: ignore[import-untyped]
-from tests.unit.runtime.conftest import RunningServer
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
 from modelpilot_runtime.server.proto import inference_pb2 as pb
 from modelpilot_runtime.server.proto import inference_pb2_grpc as pb_grpc
+from tests.unit.runtime.conftest import RunningServer
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+
 from tests.unit.runtime.conftest import RunningServer
 
 X = [[1, 2, 3, 4, 5, 6, 7, 8], [0, 0, 0, 0, 1, 1, 1, 1]]

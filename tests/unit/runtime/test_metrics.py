@@ -6,9 +6,9 @@ from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from tests.unit.runtime.conftest import run_server
 
 from modelpilot_runtime.metrics import CONTRACT
+from tests.unit.runtime.conftest import run_server
 
 # Written out again on purpose: renaming a metric must fail here, not only change the tuple.
 PINNED = {

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import httpx
+
 from tests.unit.runtime.conftest import start_subprocess, wait_until
 
 BODY = json.dumps(

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import tritonclient.http as httpclient  # type: ignore[import-untyped]
-from tests.unit.runtime.conftest import RunningServer
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
+
+from tests.unit.runtime.conftest import RunningServer
 
 
 @pytest.fixture
