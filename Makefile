@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# crds/ is the one source; the chart carries a copy that the check keeps identical.
 crds: $(STAMP)
 	$(BIN)/python -m modelpilot_operator.crdgen --out crds/
+	$(BIN)/python -m modelpilot_operator.crdgen --out charts/modelpilot/crds/
 
 check: $(STAMP)
 	$(BIN)/ruff check .
@@ -31,6 +33,7 @@ check: $(STAMP)
 	$(BIN)/mypy $(MYPY_TARGETS)
 	$(BIN)/lint-imports
 	$(BIN)/python -m modelpilot_operator.crdgen --check crds/
+	$(BIN)/python -m modelpilot_operator.crdgen --check charts/modelpilot/crds/
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .
