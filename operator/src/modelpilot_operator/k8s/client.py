@@ -1,0 +1,205 @@
+"""The API server, behind a small interface: get, list, server-side apply, delete.
+
+:class:`KubeApi` is what the rest of ``k8s/`` uses; :class:`ApiServer` implements it with
+the ``kubernetes`` client's ApiClient (plain REST paths, so custom kinds need no generated
+classes), and the unit tests implement it with an in-memory fake. Every call that writes
+counts in :attr:`ApiServer.writes`, which the no-op tests and the benchmark read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any, Protocol
+
+from .kinds import Kind, kind_of
+
+FIELD_MANAGER = "modelpilot"
+STATUS_FIELD_MANAGER = "modelpilot-status"
+
+
+class ApiError(Exception):
+    """The API server answered with an error status."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class ConflictError(ApiError):
+    """409: another field manager owns a field, or the object changed meanwhile."""
+
+
+class KubeApi(Protocol):
+    """What the operator needs from the API server."""
+
+    def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None: ...
+
+    def list(
+        self, kind: Kind, namespace: str | None, label_selector: str = ""
+    ) -> list[dict[str, Any]]: ...
+
+    def apply(
+        self, obj: dict[str, Any], *, manager: str = FIELD_MANAGER, force: bool = True
+    ) -> dict[str, Any]:
+        """Server-side apply of ``obj`` (the fields ``manager`` owns)."""
+        ...
+
+    def apply_status(
+        self, obj: dict[str, Any], *, manager: str = STATUS_FIELD_MANAGER, force: bool = True
+    ) -> dict[str, Any]:
+        """Server-side apply to the status subresource."""
+        ...
+
+    def delete(self, kind: Kind, namespace: str | None, name: str) -> bool:
+        """Delete (background propagation); False if it was already gone."""
+        ...
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+
+    def served_kinds(self, api_version: str) -> set[str]:
+        """Kinds the API server serves under ``api_version`` (empty if none): discovery,
+        which every authenticated user may read."""
+        ...
+
+
+class ApiServer:
+    """:class:`KubeApi` over a configured ``kubernetes.client.ApiClient``."""
+
+    def __init__(self, api_client: Any, timeout: float = 30.0) -> None:
+        self._client = api_client
+        self._timeout = timeout
+        self.writes: Counter[str] = Counter()
+
+    @classmethod
+    def from_environment(cls, context: str | None = None) -> ApiServer:
+        """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG)."""
+        from kubernetes import client, config
+
+        cfg = client.Configuration()
+        try:
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                context=context, client_configuration=cfg
+            )
+        return cls(client.ApiClient(configuration=cfg))
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        from kubernetes.client.exceptions import ApiException
+
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        params = self._client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            resp = self._client.call_api(*params, _request_timeout=self._timeout)
+            resp.read()
+        except ApiException as exc:
+            raise _error(exc.status or 0, exc.body) from None
+        if resp.status >= 400:
+            raise _error(resp.status, resp.data)
+        data = resp.data
+        return json.loads(data) if data else {}
+
+    def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call("GET", kind.path(namespace, name))
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def list(
+        self, kind: Kind, namespace: str | None, label_selector: str = ""
+    ) -> list[dict[str, Any]]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        items: list[dict[str, Any]] = self._call("GET", kind.path(namespace), query)["items"]
+        for item in items:
+            # Lists leave apiVersion/kind out of their items; the callers want them.
+            item.setdefault("apiVersion", kind.api_version)
+            item.setdefault("kind", kind.kind)
+        return items
+
+    def _apply(self, path: str, obj: dict[str, Any], manager: str, force: bool) -> dict[str, Any]:
+        query = [("fieldManager", manager)]
+        if force:
+            query.append(("force", "true"))
+        self.writes[f"apply {obj['kind']}"] += 1
+        return self._call("PATCH", path, query, obj, "application/apply-patch+yaml")
+
+    def apply(
+        self, obj: dict[str, Any], *, manager: str = FIELD_MANAGER, force: bool = True
+    ) -> dict[str, Any]:
+        meta = obj["metadata"]
+        path = kind_of(obj).path(meta.get("namespace"), meta["name"])
+        return self._apply(path, obj, manager, force)
+
+    def apply_status(
+        self, obj: dict[str, Any], *, manager: str = STATUS_FIELD_MANAGER, force: bool = True
+    ) -> dict[str, Any]:
+        meta = obj["metadata"]
+        path = kind_of(obj).path(meta.get("namespace"), meta["name"]) + "/status"
+        return self._apply(path, obj, manager, force)
+
+    def delete(self, kind: Kind, namespace: str | None, name: str) -> bool:
+        self.writes[f"delete {kind.kind}"] += 1
+        try:
+            self._call(
+                "DELETE",
+                kind.path(namespace, name),
+                body={
+                    "kind": "DeleteOptions",
+                    "apiVersion": "v1",
+                    "propagationPolicy": "Background",
+                },
+            )
+        except ApiError as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.writes[f"create {obj['kind']}"] += 1
+        return self._call("POST", kind_of(obj).path(obj["metadata"].get("namespace")), body=obj)
+
+    def served_kinds(self, api_version: str) -> set[str]:
+        try:
+            doc = self._call("GET", _discovery_path(api_version))
+        except ApiError as err:
+            if err.status in (403, 404, 503):
+                return set()
+            raise
+        return {r["kind"] for r in doc.get("resources", []) if "/" not in r.get("name", "")}
+
+
+def _discovery_path(api_version: str) -> str:
+    return f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+
+
+def _error(status: int, body: Any) -> ApiError:
+    reason, message = "", str(body or "")
+    try:
+        doc = json.loads(body) if body else {}
+        reason, message = doc.get("reason", ""), doc.get("message", message)
+    except (ValueError, TypeError, AttributeError):
+        pass
+    cls = ConflictError if status == 409 else ApiError
+    return cls(status, reason, message)
