@@ -56,9 +56,13 @@ class RunningServer:
 @contextlib.contextmanager
 def run_server(**overrides: Any) -> Iterator[RunningServer]:
     """A server on 127.0.0.1 with ephemeral ports, in a thread with its own loop."""
-    settings = ServerSettings(
-        host="127.0.0.1", http_port=0, grpc_port=0, poll_interval=0, **overrides
-    )
+    fields: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "http_port": 0,
+        "grpc_port": 0,
+        "poll_interval": 0,
+    }
+    settings = ServerSettings(**{**fields, **overrides})
     loop = asyncio.new_event_loop()
     runtime_box: list[Runtime] = []
     started = threading.Event()

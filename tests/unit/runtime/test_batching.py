@@ -1,0 +1,292 @@
+"""The schedulers with a stand-in backend: batches formed and split, bounded queues,
+timeouts; and batching through the whole server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from modelpilot_runtime.backends.base import BackendInfo
+from modelpilot_runtime.batching.scheduler import DirectScheduler, DynamicBatcher, Runner
+from modelpilot_runtime.config import BatchingSettings
+from modelpilot_runtime.errors import BackendError, RejectedError
+from modelpilot_runtime.metrics import Metrics
+from modelpilot_runtime.tensors import Array, TensorSpec
+from tests.unit.runtime.conftest import run_server
+
+
+class DoublingBackend:
+    """Returns 2 * x; records every batch it was given; can be held to build up a queue."""
+
+    def __init__(self) -> None:
+        self.info = BackendInfo(
+            "test", "CPU", [TensorSpec("x", "FP32", (-1, 2))], [], batchable=True
+        )
+        self.batches: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail = False
+
+    def load(self) -> BackendInfo:
+        return self.info
+
+    def warmup(self, runs: int, batch_sizes: list[int]) -> None:
+        return None
+
+    def predict(self, inputs: dict[str, Array], outputs: list[str] | None) -> dict[str, Array]:
+        self.gate.wait(10)
+        if self.fail:
+            raise RuntimeError("boom")
+        self.batches.append(int(inputs["x"].shape[0]))
+        return {"y": inputs["x"] * 2, "n": np.full((inputs["x"].shape[0],), len(self.batches))}
+
+    def unload(self) -> None:
+        return None
+
+
+def make_runner(backend: DoublingBackend, inline: bool = True) -> tuple[Runner, Metrics]:
+    metrics = Metrics()
+    executor = None if inline else ThreadPoolExecutor(1)
+    return Runner(backend, metrics.for_version("m", "1"), inline, executor, None, None), metrics
+
+
+def rows(start: int, n: int = 1, width: int = 2) -> dict[str, Array]:
+    return {"x": np.arange(start, start + n * width, dtype=np.float32).reshape(n, width)}
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_batches_are_formed_and_split_back() -> None:
+    backend = DoublingBackend()
+    runner, metrics = make_runner(backend)
+
+    async def scenario() -> list[dict[str, Array]]:
+        batcher = DynamicBatcher(runner, BatchingSettings(max_batch_size=4, max_delay_ms=50))
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(rows(10 * i), None, 1) for i in range(6)))
+        await batcher.close()
+        return list(results)
+
+    results = run(scenario())
+    # Six requests, at most four rows a batch: one full batch at once, the rest after the delay.
+    assert backend.batches == [4, 2]
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result["y"], rows(10 * i)["x"] * 2)
+    assert [int(r["n"][0]) for r in results] == [1, 1, 1, 1, 2, 2]
+    hist = metrics.registry.get_sample_value(
+        "modelpilot_inference_batch_size_sum", {"model": "m", "version": "1"}
+    )
+    assert hist == 6  # batch sizes are counted in requests: 4 + 2
+    assert (
+        metrics.registry.get_sample_value(
+            "modelpilot_inference_batch_size_count", {"model": "m", "version": "1"}
+        )
+        == 2
+    )
+
+
+def test_requests_of_several_rows_and_incompatible_shapes() -> None:
+    backend = DoublingBackend()
+    runner, _ = make_runner(backend)
+
+    async def scenario() -> list[dict[str, Array]]:
+        batcher = DynamicBatcher(runner, BatchingSettings(max_batch_size=8, max_delay_ms=20))
+        batcher.start()
+        jobs = [
+            batcher.submit(rows(0, n=3), None, 3),
+            batcher.submit(rows(100, n=1, width=5), None, 1),  # another inner shape: its own batch
+            batcher.submit(rows(50, n=2), None, 2),
+        ]
+        results = await asyncio.gather(*jobs)
+        await batcher.close()
+        return list(results)
+
+    first, odd, third = run(scenario())
+    assert sorted(backend.batches) == [1, 5]
+    np.testing.assert_array_equal(first["y"], rows(0, n=3)["x"] * 2)
+    np.testing.assert_array_equal(third["y"], rows(50, n=2)["x"] * 2)
+    np.testing.assert_array_equal(odd["y"], rows(100, n=1, width=5)["x"] * 2)
+
+
+def test_full_queue_rejects_at_once_with_429() -> None:
+    backend = DoublingBackend()
+    backend.gate.clear()  # the model is busy: the queue fills up
+    runner, _ = make_runner(backend, inline=False)
+
+    async def scenario() -> tuple[list[Any], int]:
+        batcher = DynamicBatcher(runner, BatchingSettings(max_batch_size=2, max_queue=3))
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(rows(0), None, 1))
+        await asyncio.sleep(0.05)  # the first request is now running (held at the gate)
+        queued = [asyncio.ensure_future(batcher.submit(rows(i), None, 1)) for i in range(3)]
+        await asyncio.sleep(0)
+        with pytest.raises(RejectedError) as info:
+            await batcher.submit(rows(9), None, 1)
+        pending = batcher.pending
+        backend.gate.set()
+        done = await asyncio.gather(first, *queued)
+        await batcher.close()
+        assert info.value.status == 429
+        assert info.value.reason == "queue_full"
+        assert "queue full (3 requests waiting" in info.value.message
+        return list(done), pending
+
+    done, pending = run(scenario())
+    assert pending == 3
+    assert len(done) == 4
+
+
+def test_request_waiting_past_its_timeout_is_rejected() -> None:
+    backend = DoublingBackend()
+    backend.gate.clear()
+    runner, _ = make_runner(backend, inline=False)
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(runner, BatchingSettings(max_batch_size=1, timeout_ms=10))
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(rows(0), None, 1))
+        await asyncio.sleep(0.05)
+        late = asyncio.ensure_future(batcher.submit(rows(1), None, 1))
+        await asyncio.sleep(0.05)  # `late` has now waited past its 10 ms
+        backend.gate.set()
+        await first
+        with pytest.raises(RejectedError) as info:
+            await late
+        assert info.value.status == 503
+        assert info.value.reason == "timeout"
+        await batcher.close()
+
+    run(scenario())
+
+
+def test_backend_failure_reaches_every_request_of_the_batch() -> None:
+    backend = DoublingBackend()
+    backend.fail = True
+    runner, _ = make_runner(backend)
+
+    async def scenario() -> list[Any]:
+        batcher = DynamicBatcher(runner, BatchingSettings(max_batch_size=4, max_delay_ms=5))
+        batcher.start()
+        results = await asyncio.gather(
+            *(batcher.submit(rows(i), None, 1) for i in range(3)), return_exceptions=True
+        )
+        await batcher.close()
+        return list(results)
+
+    results = run(scenario())
+    assert all(isinstance(r, BackendError) and "boom" in r.message for r in results)
+
+
+def test_direct_scheduler_bounds_requests_in_flight() -> None:
+    backend = DoublingBackend()
+    backend.gate.clear()
+    runner, _ = make_runner(backend, inline=False)
+
+    async def scenario() -> None:
+        direct = DirectScheduler(runner, BatchingSettings(max_queue=2))
+        jobs = [asyncio.ensure_future(direct.submit(rows(i), None, 1)) for i in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(RejectedError) as info:
+            await direct.submit(rows(5), None, 1)
+        assert info.value.status == 429
+        backend.gate.set()
+        await asyncio.gather(*jobs)
+
+    run(scenario())
+
+
+def test_batching_through_the_server(sample_repo: Path) -> None:
+    defaults = {"batching": {"max_batch_size": 16, "max_delay_ms": 30}}
+    with run_server(models={"tiny": sample_repo / "tiny"}, model_defaults=defaults) as srv:
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=srv.url) as client:
+                bodies = [
+                    {
+                        "inputs": [
+                            {
+                                "name": "input",
+                                "shape": [1, 8],
+                                "datatype": "FP32",
+                                "data": [float(i)] * 8,
+                            }
+                        ]
+                    }
+                    for i in range(12)
+                ]
+                return list(
+                    await asyncio.gather(
+                        *(client.post("/v2/models/tiny/infer", json=b) for b in bodies)
+                    )
+                )
+
+        responses = asyncio.run(burst())
+        with httpx.Client(base_url=srv.url) as client:
+            single = [
+                client.post(
+                    "/v2/models/tiny/infer",
+                    json={
+                        "inputs": [
+                            {
+                                "name": "input",
+                                "shape": [1, 8],
+                                "datatype": "FP32",
+                                "data": [float(i)] * 8,
+                            }
+                        ]
+                    },
+                ).json()["outputs"][0]["data"]
+                for i in range(12)
+            ]
+            metrics = client.get("/metrics").text
+    assert [r.json()["outputs"][0]["data"] for r in responses] == single
+    count = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("modelpilot_inference_batch_size_count")
+    ]
+    batches = float(count[0].split()[-1])
+    assert batches < 24  # some of the 12 concurrent requests shared a batch
+
+
+def test_overload_through_the_server_answers_429_not_5xx(sample_repo: Path) -> None:
+    defaults = {"batching": {"max_batch_size": 2, "max_delay_ms": 200, "max_queue": 2}}
+    with run_server(models={"tiny": sample_repo / "tiny"}, model_defaults=defaults) as srv:
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(
+                base_url=srv.url, limits=httpx.Limits(max_connections=50)
+            ) as client:
+                body = {
+                    "inputs": [
+                        {"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [1.0] * 8}
+                    ]
+                }
+                return list(
+                    await asyncio.gather(
+                        *(client.post("/v2/models/tiny/infer", json=body) for _ in range(20))
+                    )
+                )
+
+        responses = asyncio.run(burst())
+        codes = sorted(r.status_code for r in responses)
+        with httpx.Client(base_url=srv.url) as client:
+            metrics = client.get("/metrics").text
+    assert set(codes) == {200, 429}
+    rejected = [r for r in responses if r.status_code == 429]
+    assert "queue full" in rejected[0].json()["error"]
+    line = next(
+        x
+        for x in metrics.splitlines()
+        if x.startswith("modelpilot_inference_rejected_total") and "queue_full" in x
+    )
+    assert float(line.split()[-1]) == len(rejected)

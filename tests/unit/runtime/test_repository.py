@@ -1,0 +1,191 @@
+"""The model repository: version policies, hot reload, failed loads, per-model config."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelpilot_runtime.config import (
+    ConfigError,
+    VersionPolicy,
+    load_model_config,
+    version_sort_key,
+)
+from modelpilot_runtime.samples import write_repository
+from tests.unit.runtime.conftest import RunningServer, run_server, wait_until
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (VersionPolicy(latest=1), ["10"]),
+        (VersionPolicy(latest=2), ["2", "10"]),
+        (VersionPolicy(all=True), ["1", "2", "10"]),
+        (VersionPolicy(specific=["1", "7"]), ["1"]),
+    ],
+)
+def test_version_policy(policy: VersionPolicy, expected: list[str]) -> None:
+    assert policy.select(["10", "1", "2"]) == expected
+
+
+def test_version_order_is_numeric_then_natural() -> None:
+    assert sorted(["v10", "v2", "3", "12"], key=version_sort_key) == ["3", "12", "v2", "v10"]
+
+
+def test_policy_takes_one_choice() -> None:
+    with pytest.raises(ValueError, match="one of latest, specific, all"):
+        VersionPolicy(latest=1, all=True)
+
+
+def test_config_file_overrides_defaults(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(
+        "batching: {max_batch_size: 8}\nversion_policy: {all: true}\n"
+    )
+    config = load_model_config(
+        tmp_path, {"batching": {"max_delay_ms": 3.0}, "version_policy": {"latest": 1}}
+    )
+    assert config.batching.max_batch_size == 8
+    assert config.batching.max_delay_ms == 3.0
+    assert config.version_policy.all
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("batching: {max_batch_size: 0}", "max_batch_size"),
+        ("bogus: 1", "bogus"),
+        ("[1", "cannot read"),
+    ],
+)
+def test_bad_config_is_named(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "config.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_model_config(tmp_path, {})
+
+
+def sync(server: RunningServer) -> None:
+    server.call(server.runtime.repository.sync())
+
+
+def status(server: RunningServer, model: str) -> dict[str, str]:
+    index = httpx.get(server.url + "/v2/repository/index").json()
+    return {i["version"]: i["state"] for i in index if i["name"] == model}
+
+
+def add_version(root: Path, model: str, version: str) -> None:
+    staging = root / f".{model}-{version}"
+    write_repository(staging, [model], version=version)
+    shutil.move(staging / model / version, root / model / version)
+    shutil.rmtree(staging)
+
+
+def test_hot_reload_adds_and_removes_versions(tmp_path: Path) -> None:
+    root = write_repository(tmp_path / "repo", ["tiny"])
+    (root / "tiny" / "config.yaml").write_text("version_policy: {latest: 2}\n")
+    with run_server(model_repository=root) as srv:
+        assert status(srv, "tiny") == {"1": "READY"}
+        add_version(root, "tiny", "2")
+        sync(srv)
+        assert status(srv, "tiny") == {"1": "READY", "2": "READY"}
+        # Without a version, the highest ready version answers.
+        meta = httpx.get(srv.url + "/v2/models/tiny").json()
+        assert meta["versions"] == ["1", "2"]
+        body = {
+            "inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [1.0] * 8}]
+        }
+        assert (
+            httpx.post(srv.url + "/v2/models/tiny/infer", json=body).json()["model_version"] == "2"
+        )
+        add_version(root, "tiny", "3")
+        sync(srv)  # latest 2: version 1 goes
+        assert status(srv, "tiny") == {"2": "READY", "3": "READY"}
+        assert (
+            httpx.post(srv.url + "/v2/models/tiny/versions/1/infer", json=body).status_code == 404
+        )
+        shutil.rmtree(root / "tiny" / "3")
+        sync(srv)  # the latest two on disk are 1 and 2 again
+        assert status(srv, "tiny") == {"1": "READY", "2": "READY"}
+        shutil.rmtree(root / "tiny")
+        sync(srv)
+        assert status(srv, "tiny") == {}
+        assert httpx.get(srv.url + "/v2/models/tiny/ready").status_code == 404
+
+
+def test_broken_version_is_reported_and_others_keep_serving(tmp_path: Path) -> None:
+    root = write_repository(tmp_path / "repo", ["tiny"])
+    (root / "tiny" / "config.yaml").write_text("version_policy: {all: true}\n")
+    with run_server(model_repository=root) as srv:
+        (root / "tiny" / "2").mkdir()
+        (root / "tiny" / "2" / "model.onnx").write_bytes(b"this is not onnx")
+        sync(srv)
+        assert status(srv, "tiny") == {"1": "READY", "2": "FAILED"}
+        index = httpx.get(srv.url + "/v2/repository/index").json()
+        reason = next(i["reason"] for i in index if i["version"] == "2")
+        assert "failed to load" in reason
+        tfs = httpx.get(srv.url + "/v1/models/tiny/versions/2").json()["model_version_status"][0]
+        assert tfs["state"] == "END"
+        assert tfs["status"]["error_message"] == reason
+        assert httpx.get(srv.url + "/v2/models/tiny/versions/2/ready").status_code == 503
+        body = {
+            "inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [1.0] * 8}]
+        }
+        assert (
+            httpx.post(srv.url + "/v2/models/tiny/infer", json=body).json()["model_version"] == "1"
+        )
+        metrics = httpx.get(srv.url + "/metrics").text
+        assert 'modelpilot_model_ready{model="tiny",provider="",version="2"} 0.0' in metrics
+        # Fixed on disk: loaded on the next scan.
+        shutil.copy(root / "tiny" / "1" / "model.onnx", root / "tiny" / "2" / "model.onnx")
+        sync(srv)
+        assert status(srv, "tiny") == {"1": "READY", "2": "READY"}
+
+
+def test_server_not_ready_while_a_model_has_no_version(tmp_path: Path) -> None:
+    root = write_repository(tmp_path / "repo", ["tiny"])
+    (root / "broken" / "1").mkdir(parents=True)
+    (root / "broken" / "1" / "model.onnx").write_bytes(b"nope")
+    with run_server(model_repository=root) as srv:
+        assert httpx.get(srv.url + "/v2/health/ready").status_code == 503
+        assert httpx.get(srv.url + "/v2/health/live").status_code == 200
+        shutil.rmtree(root / "broken")
+        sync(srv)
+        assert httpx.get(srv.url + "/v2/health/ready").status_code == 200
+
+
+def test_polling_picks_up_a_new_version(tmp_path: Path) -> None:
+    root = write_repository(tmp_path / "repo", ["tiny"])
+    with run_server(model_repository=root, poll_interval=0.1) as srv:
+        add_version(root, "tiny", "2")
+        wait_until(lambda: status(srv, "tiny") == {"2": "READY"})
+
+
+def test_in_flight_requests_finish_when_their_version_is_unloaded(tmp_path: Path) -> None:
+    root = write_repository(tmp_path / "repo", ["tiny"])
+    defaults = {"batching": {"max_batch_size": 4, "max_delay_ms": 300}}
+    with run_server(model_repository=root, model_defaults=defaults) as srv:
+        body = {
+            "inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [1.0] * 8}]
+        }
+
+        async def request_then_remove() -> list[int]:
+            async with httpx.AsyncClient(base_url=srv.url) as client:
+                jobs = [
+                    asyncio.ensure_future(
+                        client.post("/v2/models/tiny/versions/1/infer", json=body)
+                    )
+                    for _ in range(3)
+                ]
+                await asyncio.sleep(0.1)  # queued in the batcher, which waits 300 ms
+                shutil.rmtree(root / "tiny" / "1")
+                add_version(root, "tiny", "2")
+                await asyncio.wrap_future(
+                    asyncio.run_coroutine_threadsafe(srv.runtime.repository.sync(), srv.loop)
+                )
+                return [r.status_code for r in await asyncio.gather(*jobs)]
+
+        assert asyncio.run(request_then_remove()) == [200, 200, 200]
+        assert status(srv, "tiny") == {"2": "READY"}
