@@ -10,17 +10,16 @@ HTTP, gRPC and TF-Serving traffic.
 from __future__ import annotations
 
 import platform
+from bisect import bisect_left
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from modelpilot_runtime import __version__
 
@@ -59,94 +58,202 @@ CONTRACT = (
 UNKNOWN_MODEL = "_unknown"
 
 
+class _Histogram:
+    """One labelled histogram child: a bisect and two additions per observation, no lock.
+
+    Only the event-loop thread observes (worker threads hand their timings back to it), so
+    none of prometheus_client's per-bucket locking is needed on the request path.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class _Value:
+    """A counter or gauge child."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+
+class _Family:
+    """A labelled metric: children by label values, exported through a custom collector."""
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        doc: str,
+        labelnames: tuple[str, ...],
+        buckets: tuple[float, ...] = (),
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.doc = doc
+        self.labelnames = labelnames
+        self.buckets = buckets
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+            child = _Histogram(self.buckets) if self.kind == "histogram" else _Value()
+            self.children[values] = child
+        return child
+
+    def remove(self, *values: str) -> None:
+        del self.children[values]
+
+    def collect(self) -> Metric:
+        if self.kind == "histogram":
+            fam: Metric = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+            for values, h in list(self.children.items()):
+                running, cumulative = 0, []
+                for bound, count in zip((*h.bounds, float("inf")), h.counts, strict=True):
+                    running += count
+                    cumulative.append(
+                        ("+Inf" if bound == float("inf") else repr(float(bound)), running)
+                    )
+                fam.add_metric(list(values), cumulative, h.sum)  # type: ignore[attr-defined]
+            return fam
+        family_type = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        name = self.name.removesuffix("_total") if self.kind == "counter" else self.name
+        fam = family_type(name, self.doc, labels=self.labelnames)
+        for values, v in list(self.children.items()):
+            fam.add_metric(list(values), v.value)
+        return fam
+
+
+class _Collector(Collector):
+    def __init__(self, families: list[_Family]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return [f.collect() for f in self.families]
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
 class Metrics:
     """All runtime metrics in one registry (one per server, so tests can run several)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        # The *_created series double the scrape size and no dashboard reads them.
-        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry()
-        r = self.registry
         mv = ("model", "version")
-        self.requests = Counter(
-            PREFIX + "inference_requests",
+        p = PREFIX
+        self.requests = _Family(
+            "counter",
+            p + "inference_requests_total",
             "Inference requests answered, by protocol and HTTP-equivalent status code.",
             (*mv, "protocol", "code"),
-            registry=r,
         )
-        self.request_duration = Histogram(
-            PREFIX + "inference_request_duration_seconds",
+        self.request_duration = _Family(
+            "histogram",
+            p + "inference_request_duration_seconds",
             "Time from a request's arrival to its answer, in seconds.",
             mv,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.queue_duration = Histogram(
-            PREFIX + "inference_queue_duration_seconds",
+        self.queue_duration = _Family(
+            "histogram",
+            p + "inference_queue_duration_seconds",
             "Time a request waited for its batch to start, in seconds.",
             mv,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.compute_duration = Histogram(
-            PREFIX + "inference_compute_duration_seconds",
+        self.compute_duration = _Family(
+            "histogram",
+            p + "inference_compute_duration_seconds",
             "Time the model ran for a batch, in seconds.",
             mv,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.batch_size = Histogram(
-            PREFIX + "inference_batch_size",
+        self.batch_size = _Family(
+            "histogram",
+            p + "inference_batch_size",
             "Requests run together in one model execution.",
             mv,
-            buckets=BATCH_BUCKETS,
-            registry=r,
+            BATCH_BUCKETS,
         )
-        self.pending = Gauge(
-            PREFIX + "inference_pending_requests",
-            "Requests queued or running.",
-            mv,
-            registry=r,
+        self.pending = _Family(
+            "gauge", p + "inference_pending_requests", "Requests queued or running.", mv
         )
-        self.rejected = Counter(
-            PREFIX + "inference_rejected",
+        self.rejected = _Family(
+            "counter",
+            p + "inference_rejected_total",
             "Requests turned away: queue_full, timeout, not_ready, shutdown.",
             (*mv, "reason"),
-            registry=r,
         )
-        self.model_ready = Gauge(
-            PREFIX + "model_ready",
+        self.model_ready = _Family(
+            "gauge",
+            p + "model_ready",
             "1 when the version serves, 0 while loading, draining or after a failed load.",
             (*mv, "provider"),
-            registry=r,
         )
-        self.load_duration = Gauge(
-            PREFIX + "model_load_duration_seconds",
+        self.load_duration = _Family(
+            "gauge",
+            p + "model_load_duration_seconds",
             "Seconds the last load of the version took, by stage (load, warmup).",
             (*mv, "stage"),
-            registry=r,
         )
-        self.prediction_class = Counter(
-            PREFIX + "prediction_class",
+        self.prediction_class = _Family(
+            "counter",
+            p + "prediction_class_total",
             "Predicted classes (argmax of a classification output), bounded in number.",
             (*mv, "class"),
-            registry=r,
         )
-        self.cache_requests = Counter(
-            PREFIX + "cache_requests",
+        self.cache_requests = _Family(
+            "counter",
+            p + "cache_requests_total",
             "Result cache lookups by result (hit, miss).",
             (*mv, "result"),
-            registry=r,
         )
-        self.build_info = Gauge(
-            PREFIX + "build_info",
+        self.build_info = _Family(
+            "gauge",
+            p + "build_info",
             "Always 1; the labels describe the build.",
             ("version", "onnxruntime", "python"),
-            registry=r,
         )
         self.build_info.labels(__version__, _onnxruntime_version(), platform.python_version()).set(
             1
         )
+        families = [
+            self.requests,
+            self.request_duration,
+            self.queue_duration,
+            self.compute_duration,
+            self.batch_size,
+            self.pending,
+            self.rejected,
+            self.model_ready,
+            self.load_duration,
+            self.prediction_class,
+            self.cache_requests,
+            self.build_info,
+        ]
+        self.registry.register(_Collector(families))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -167,13 +274,13 @@ class Metrics:
 class VersionMetrics:
     """One version's metric children, bound once so the request path skips label lookups."""
 
-    request_duration: Histogram
-    queue_duration: Histogram
-    compute_duration: Histogram
-    batch_size: Histogram
-    pending: Gauge
-    cache_hit: Counter
-    cache_miss: Counter
+    request_duration: _Histogram
+    queue_duration: _Histogram
+    compute_duration: _Histogram
+    batch_size: _Histogram
+    pending: _Value
+    cache_hit: _Value
+    cache_miss: _Value
 
 
 def _onnxruntime_version() -> str:

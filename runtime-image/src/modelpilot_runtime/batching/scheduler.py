@@ -62,7 +62,8 @@ class Runner:
             return outputs
         return [*outputs, self.class_output]
 
-    def run_sync(self, feeds: dict[str, Array], outputs: list[str] | None, batch: int) -> Outputs:
+    def _predict(self, feeds: dict[str, Array], outputs: list[str] | None) -> tuple[Outputs, float]:
+        """The backend call (on the loop or in the worker thread): results and seconds."""
         started = time.perf_counter()
         try:
             results = self.backend.predict(feeds, self._names(outputs))
@@ -70,17 +71,27 @@ class Runner:
             raise
         except Exception as exc:
             raise BackendError(f"model execution failed: {exc}") from exc
-        self.metrics.compute_duration.observe(time.perf_counter() - started)
+        return results, time.perf_counter() - started
+
+    def _record(self, results: Outputs, seconds: float, batch: int) -> None:
+        # Always on the event-loop thread: the metric children are not locked.
+        self.metrics.compute_duration.observe(seconds)
         self.metrics.batch_size.observe(batch)
         if self.count_classes is not None:
             self.count_classes(results)
+
+    def run_sync(self, feeds: dict[str, Array], outputs: list[str] | None, batch: int) -> Outputs:
+        results, seconds = self._predict(feeds, outputs)
+        self._record(results, seconds, batch)
         return results
 
     async def run(self, feeds: dict[str, Array], outputs: list[str] | None, batch: int) -> Outputs:
         if self.inline:
             return self.run_sync(feeds, outputs, batch)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.run_sync, feeds, outputs, batch)
+        results, seconds = await loop.run_in_executor(self.executor, self._predict, feeds, outputs)
+        self._record(results, seconds, batch)
+        return results
 
 
 class Scheduler(Protocol):

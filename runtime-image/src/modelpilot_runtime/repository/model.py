@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import Counter
 
 from modelpilot_runtime.backends.base import Backend, BackendInfo, create_backend
 from modelpilot_runtime.batching.scheduler import (
@@ -69,7 +68,7 @@ class ServedVersion:
         self._executor: ThreadPoolExecutor | None = None
         self._inputs: dict[str, TensorSpec] = {}
         self._outputs: set[str] = set()
-        self._class_children: dict[int, Counter] = {}
+        self._class_children: dict[int, Any] = {}
         self._class_output: str | None = None
         self.stamp = _stamp(version_dir)
         self._ready_gauge_provider = ""
@@ -193,16 +192,17 @@ class ServedVersion:
         ):
             return
         if scores.shape[0] == 1:
-            counts = {int(scores.argmax()): 1}
+            counts: dict[int, int] = {int(scores.argmax()): 1}
         else:
             idx, n = np.unique(scores.argmax(axis=1), return_counts=True)
             counts = dict(zip(idx.tolist(), n.tolist(), strict=True))
+        children = self._class_children
         for cls, count in counts.items():
-            child = self._class_children.get(cls)
+            child = children.get(cls)
             if child is None:
                 child = self.metrics.prediction_class.labels(self.model, self.version, str(cls))
-                self._class_children[cls] = child
-            child.inc(count)
+                children[cls] = child
+            child.value += count
 
     # -- serving (event loop) ----------------------------------------------------------------
 

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import orjson
-from prometheus_client import Counter
 
 from modelpilot_runtime import __version__
 from modelpilot_runtime.errors import InferenceError, RejectedError
@@ -66,7 +65,7 @@ class Outcomes:
     def __init__(self, metrics: Metrics, repository: ModelRepository) -> None:
         self.metrics = metrics
         self.repository = repository
-        self._children: dict[tuple[str, str, str, int], Counter] = {}
+        self._children: dict[tuple[str, str, str, int], Any] = {}
 
     def done(
         self, served: ServedVersion | None, model: str, protocol: str, code: int, started: float

@@ -241,6 +241,9 @@ def _fetch_s3(
         paginator = client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             keys += [(o["Key"], o["Size"]) for o in page.get("Contents", [])]
+        if prefix and not prefix.endswith("/"):
+            # "models/fraud/1" means the object itself or the "directory", not "fraud/10".
+            keys = [(k, n) for k, n in keys if k == prefix or k.startswith(prefix + "/")]
         if not keys:
             raise FetchError(f"s3://{bucket}/{prefix} holds no objects")
         single = len(keys) == 1 and keys[0][0] == prefix
