@@ -18,7 +18,8 @@ def test_error_ratio_one_fails_every_request(sample_repo: Path) -> None:
         metrics = httpx.get(srv.url + "/metrics").text
     assert {r.status_code for r in responses} == {500}
     assert "injected fault" in responses[0].json()["error"]
-    series = 'modelpilot_inference_requests_total{code="500",model="tiny",protocol="v2-http",version="1"}'
+    labels = 'code="500",model="tiny",protocol="v2-http",version="1"'
+    series = "modelpilot_inference_requests_total{" + labels + "}"
     assert f"{series} 5.0" in metrics
 
 
