@@ -388,3 +388,25 @@ def test_expect_continue_and_pipelining(server: RunningServer) -> None:
 def test_repository_index(client: httpx.Client) -> None:
     index = client.get("/v2/repository/index").json()
     assert {"name": "tiny", "version": "1", "state": "READY", "reason": ""} in index
+
+
+def test_chunked_request_body(server: RunningServer) -> None:
+    body = json.dumps(tiny_body()).encode()
+    half = len(body) // 2
+    chunks = (
+        b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:half], body[half:]))
+        + b"0\r\n\r\n"
+    )
+    answer = raw_http(
+        server,
+        b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n" + chunks,
+    )
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert b'"shape":[2,3]' in answer
+
+
+def test_http10_closes_after_the_answer(server: RunningServer) -> None:
+    answer = raw_http(server, b"GET /v2/health/live HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert b"connection: close" in answer

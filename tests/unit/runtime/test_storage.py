@@ -43,7 +43,8 @@ def test_plain_path_directory(source: Path, tmp_path: Path) -> None:
 
 def test_file_uri_single_file_with_checksum(source: Path, tmp_path: Path) -> None:
     dest = tmp_path / "dest"
-    fetch(f"file://{source / '1' / 'model.onnx'}", dest, sha256=hashlib.sha256(MODEL).hexdigest())
+    digest = "sha256:" + hashlib.sha256(MODEL).hexdigest()
+    fetch(f"file://{source / '1' / 'model.onnx'}", dest, sha256=digest)
     assert (dest / "model.onnx").read_bytes() == MODEL
 
 

@@ -46,6 +46,8 @@ def fetch(
     retries: int = 3,
 ) -> Path:
     dest = Path(dest)
+    if sha256 is not None:
+        sha256 = sha256.removeprefix("sha256:")  # the ModelDeployment's `checksum` form
     marker = dest / MARKER
     if marker.is_file():
         try:

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the benchmark's load generators and plotting library:
+#   wrk (HTTP, from Debian), ghz (gRPC, built from its Go module into ~/.cache/modelpilot/bin),
+#   matplotlib (into the project's .venv; only the benchmark uses it).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN_DIR="${MODELPILOT_BIN:-$HOME/.cache/modelpilot/bin}"
+GHZ_VERSION=v0.121.0
+
+if ! command -v wrk >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq wrk
+fi
+if [ ! -x "$BIN_DIR/ghz" ]; then
+  command -v go >/dev/null || { echo "ghz needs Go (https://go.dev/dl/)" >&2; exit 1; }
+  mkdir -p "$BIN_DIR"
+  GOBIN="$BIN_DIR" go install "github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION"
+fi
+make venv >/dev/null
+.venv/bin/uv pip install -q --python .venv/bin/python "matplotlib>=3.8"
+echo "wrk: $(command -v wrk)  ghz: $BIN_DIR/ghz"

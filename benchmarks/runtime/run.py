@@ -1,0 +1,391 @@
+"""The runtime benchmark: the server pinned to one core, a native load generator on the other.
+
+    benchmarks/runtime/install.sh                 # wrk, ghz, matplotlib
+    .venv/bin/python benchmarks/runtime/run.py [--duration 5] [--models tiny,mlp,cnn]
+
+For each model (tiny, mlp, cnn), batching off and on, protocol (HTTP JSON, HTTP binary,
+gRPC) and concurrency (1, 8, 64): requests per second, p50 and p99 latency, the mean batch
+size the server formed, and the ratio to the ceiling (onnxruntime in-process on the same
+core, batch 1 and the batch sizes formed). Writes results.json, RESULTS.md and
+latency.png here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+PROTO = ROOT / "runtime-image/src/modelpilot_runtime/server/proto/inference.proto"
+SHAPES = {"tiny": [8], "mlp": [784], "cnn": [3, 64, 64]}
+PROTOCOLS = ["http-json", "http-binary", "grpc"]
+CONCURRENCY = [1, 8, 64]
+BATCHING = {"off": [], "on": ["--max-batch-size", "64", "--max-batch-delay-ms", "0"]}
+SERVER_CORE, CLIENT_CORE = "1", "0"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_bodies(model: str, work: Path) -> dict[str, Path]:
+    shape = [1, *SHAPES[model]]
+    x = np.random.default_rng(1).random(shape, dtype=np.float32)
+    bodies = {}
+    doc = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": shape,
+                "datatype": "FP32",
+                "data": [round(float(v), 4) for v in x.ravel()],
+            }
+        ]
+    }
+    bodies["http-json"] = work / f"{model}.json"
+    bodies["http-json"].write_bytes(json.dumps(doc, separators=(",", ":")).encode())
+    raw = x.tobytes()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": shape,
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        },
+        separators=(",", ":"),
+    ).encode()
+    bodies["http-binary"] = work / f"{model}.bin"
+    bodies["http-binary"].write_bytes(head + raw)
+    bodies["http-binary-header"] = work / f"{model}.binhdr"
+    bodies["http-binary-header"].write_text(str(len(head)))
+    grpc_doc = {
+        "model_name": model,
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": shape}],
+        "raw_input_contents": [base64.b64encode(raw).decode()],
+    }
+    bodies["grpc"] = work / f"{model}.grpc.json"
+    bodies["grpc"].write_text(json.dumps(grpc_doc))
+    return bodies
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def batch_totals(url: str, model: str) -> tuple[float, float]:
+    text = httpx.get(url + "/metrics").text
+    total = {"sum": 0.0, "count": 0.0}
+    for kind in total:
+        m = re.search(
+            rf'^modelpilot_inference_batch_size_{kind}{{model="{model}",version="1"}} (\S+)$',
+            text,
+            re.M,
+        )
+        if m:
+            total[kind] = float(m.group(1))
+    return total["sum"], total["count"]
+
+
+def run_wrk(
+    url: str, body: Path, headers: str, concurrency: int, seconds: float
+) -> dict[str, float]:
+    env = {**os.environ, "BODY_FILE": str(body), "HEADERS": headers}
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            CLIENT_CORE,
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{max(1, round(seconds))}s",
+            "-s",
+            str(HERE / "wrk.lua"),
+            url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
+    return {
+        "rps": result["requests"] / (result["duration_us"] / 1e6),
+        "p50_us": result["p50_us"],
+        "p99_us": result["p99_us"],
+        "errors": result["errors"] + result["non2xx"],
+    }
+
+
+def run_ghz(
+    ghz: str, target: str, data: Path, concurrency: int, seconds: float
+) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "taskset", "-c", CLIENT_CORE, ghz, "--insecure", "--proto", str(PROTO),
+            "--call", "inference.GRPCInferenceService.ModelInfer", "-D", str(data),
+            "-c", str(concurrency), "-z", f"{seconds}s", "--connections", "1", "--cpus", "1",
+            "--format", "json", target,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout  # fmt: skip
+    doc = json.loads(out)
+    dist = {d["percentage"]: d["latency"] / 1000 for d in doc.get("latencyDistribution") or []}
+    codes = doc.get("statusCodeDistribution") or {}
+    ok = codes.get("OK", 0)
+    # ghz cancels the calls still in flight when the duration ends; those are not errors.
+    errors = doc["count"] - ok - codes.get("Canceled", 0)
+    return {
+        "rps": ok / (doc["total"] / 1e9),
+        "p50_us": dist.get(50, 0.0),
+        "p99_us": dist.get(99, 0.0),
+        "errors": errors,
+    }
+
+
+def start_server(
+    model: str, repo: Path, batching: list[str], log: Path
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    http_port, grpc_port = free_port(), free_port()
+    cmd = [
+        "taskset", "-c", SERVER_CORE, str(ROOT / ".venv/bin/modelpilot-runtime"), "--log-level", "warning", "serve",
+        "--model", f"{model}={repo / model}", "--host", "127.0.0.1",
+        "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+        "--intra-op-threads", "1", "--inter-op-threads", "1", "--poll-interval", "0",
+        "--max-queue", "1024", *batching,
+    ]  # fmt: skip
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{http_port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                return proc, url, f"127.0.0.1:{grpc_port}"
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise SystemExit(f"server for {model} did not become ready; see {log}")
+
+
+def ceiling(model_path: Path, shape: list[int], batches: list[int]) -> dict[int, dict[str, float]]:
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            SERVER_CORE,
+            sys.executable,
+            str(HERE / "ceiling.py"),
+            str(model_path),
+            json.dumps(shape),
+            *map(str, batches),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {int(r["batch"]): r for r in json.loads(out)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--models", default="tiny,mlp,cnn")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS))
+    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
+    parser.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args()
+    ghz = shutil.which("ghz") or str(Path.home() / ".cache/modelpilot/bin/ghz")
+    work = Path(os.environ.get("MODELPILOT_BENCH_DIR", Path.home() / ".cache/modelpilot/bench"))
+    work.mkdir(parents=True, exist_ok=True)
+    models = args.models.split(",")
+    sys.path.insert(0, str(ROOT / "runtime-image/src"))
+    from modelpilot_runtime.samples import write_repository
+
+    repo = write_repository(work / "models", models)
+    log = work / "server.log"
+    started = time.time()
+    load_before = os.getloadavg()
+    rows: list[dict[str, Any]] = []
+    for model in models:
+        bodies = write_bodies(model, work)
+        for batching, flags in BATCHING.items():
+            proc, url, target = start_server(model, repo, flags, log)
+            try:
+                for protocol in args.protocols.split(","):
+                    for conc in map(int, args.concurrency.split(",")):
+                        infer = f"{url}/v2/models/{model}/infer"
+                        if protocol == "grpc":
+
+                            def go(seconds: float, conc: int = conc) -> dict[str, float]:
+                                return run_ghz(ghz, target, bodies["grpc"], conc, seconds)
+                        else:
+                            headers = "Content-Type: application/json"
+                            if protocol == "http-binary":
+                                n = bodies["http-binary-header"].read_text()
+                                headers = f"Content-Type: application/octet-stream|Inference-Header-Content-Length: {n}"
+
+                            def go(
+                                seconds: float,
+                                conc: int = conc,
+                                protocol: str = protocol,
+                                headers: str = headers,
+                            ) -> dict[str, float]:
+                                return run_wrk(infer, bodies[protocol], headers, conc, seconds)
+
+                        go(args.warmup)
+                        s0, c0 = batch_totals(url, model)
+                        cpu0 = cpu_seconds(proc.pid)
+                        result = go(args.duration)
+                        cpu1 = cpu_seconds(proc.pid)
+                        s1, c1 = batch_totals(url, model)
+                        # Server CPU time per answered request: unlike latency, not inflated
+                        # by other processes competing for the core.
+                        answered = s1 - s0
+                        result["server_cpu_us"] = (
+                            1e6 * (cpu1 - cpu0) / answered if answered else 0.0
+                        )
+                        mean_batch = (s1 - s0) / (c1 - c0) if c1 > c0 else 0.0
+                        row = {"model": model, "batching": batching, "protocol": protocol, "concurrency": conc,
+                               "mean_batch": mean_batch, **result}  # fmt: skip
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(30)
+        batches = sorted(
+            {1, *(max(1, round(r["mean_batch"])) for r in rows if r["model"] == model)}
+        )
+        ceil = ceiling(repo / model / "1" / "model.onnx", SHAPES[model], batches)
+        for r in rows:
+            if r["model"] != model:
+                continue
+            b1 = ceil[1]
+            r["ceiling_b1_rows_per_s"] = b1["rows_per_s"]
+            r["ratio_b1"] = r["rps"] / b1["rows_per_s"]
+            formed = ceil[max(1, round(r["mean_batch"]))]
+            r["ceiling_formed_rows_per_s"] = formed["rows_per_s"]
+            r["ratio_formed"] = r["rps"] / formed["rows_per_s"]
+            r["bare_p50_us"] = b1["p50_us"]
+            r["added_p50_us"] = r["p50_us"] - b1["p50_us"]
+        print(json.dumps({"model": model, "ceiling": ceil}), flush=True)
+    meta = machine(args, started, load_before)
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_report(rows, meta, args.out)
+
+
+def machine(
+    args: argparse.Namespace, started: float, load_before: tuple[float, float, float]
+) -> dict[str, Any]:
+    import onnxruntime
+
+    cpu = "unknown"
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    wrk_version = subprocess.run(
+        ["wrk", "-v"], capture_output=True, text=True, check=False
+    ).stdout.split("\n")[0]
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "wrk": wrk_version.strip(),
+        "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "command": "benchmarks/runtime/run.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+    }
+
+
+def write_report(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
+    lines = [
+        "| model | batching | protocol | conc | req/s | p50 ms | p99 ms | mean batch | ratio to in-process b1 | ratio to in-process at formed batch | added p50 µs | server CPU µs/req |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['batching']} | {r['protocol']} | {r['concurrency']} | {r['rps']:,.0f} | "
+            f"{r['p50_us'] / 1000:.3f} | {r['p99_us'] / 1000:.3f} | {r['mean_batch']:.1f} | "
+            f"{100 * r['ratio_b1']:.1f}% | {r['ratio_formed']:.2f} | "
+            f"{r['added_p50_us']:.0f} | {r['server_cpu_us']:.1f} |"
+            + (" ⚠ errors" if r["errors"] else "")
+        )
+    ceilings = sorted(
+        {(r["model"], round(r["ceiling_b1_rows_per_s"]), round(r["bare_p50_us"], 1)) for r in rows}
+    )
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "ceilings.md").write_text(
+        "\n".join(
+            f"- {m}: {rps:,} rows/s at batch 1, {p50} µs per call (p50)" for m, rps, p50 in ceilings
+        )
+        + "\n"
+    )
+    plot(rows, out / "latency.png")
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in rows}, key=list(SHAPES).index)
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for protocol in PROTOCOLS:
+            for batching, style in (("off", "-"), ("on", "--")):
+                pts = sorted((r["concurrency"], r["p50_us"] / 1000, r["p99_us"] / 1000) for r in rows
+                             if r["model"] == model and r["protocol"] == protocol and r["batching"] == batching)  # fmt: skip
+                if pts:
+                    xs, p50, _ = zip(*pts, strict=True)
+                    ax.plot(xs, p50, style, marker="o", label=f"{protocol}, batching {batching}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrency")
+        ax.set_ylabel("p50 latency (ms)")
+        ax.set_title(model)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
