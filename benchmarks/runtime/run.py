@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -168,12 +170,33 @@ def run_ghz(
     }
 
 
+@dataclass
+class Target:
+    model: str
+    url: str
+    grpc_target: str
+    bodies: dict[str, Path]
+    ghz: str
+
+
+def load(t: Target, protocol: str, concurrency: int, seconds: float) -> dict[str, float]:
+    if protocol == "grpc":
+        return run_ghz(t.ghz, t.grpc_target, t.bodies["grpc"], concurrency, seconds)
+    headers = "Content-Type: application/json"
+    if protocol == "http-binary":
+        n = t.bodies["http-binary-header"].read_text()
+        headers = f"Content-Type: application/octet-stream|Inference-Header-Content-Length: {n}"
+    infer = f"{t.url}/v2/models/{t.model}/infer"
+    return run_wrk(infer, t.bodies[protocol], headers, concurrency, seconds)
+
+
 def start_server(
     model: str, repo: Path, batching: list[str], log: Path
 ) -> tuple[subprocess.Popen[bytes], str, str]:
     http_port, grpc_port = free_port(), free_port()
     cmd = [
-        "taskset", "-c", SERVER_CORE, str(ROOT / ".venv/bin/modelpilot-runtime"), "--log-level", "warning", "serve",
+        "taskset", "-c", SERVER_CORE, str(ROOT / ".venv/bin/modelpilot-runtime"),
+        "--log-level", "warning", "serve",
         "--model", f"{model}={repo / model}", "--host", "127.0.0.1",
         "--http-port", str(http_port), "--grpc-port", str(grpc_port),
         "--intra-op-threads", "1", "--inter-op-threads", "1", "--poll-interval", "0",
@@ -238,33 +261,15 @@ def main() -> None:
     for model in models:
         bodies = write_bodies(model, work)
         for batching, flags in BATCHING.items():
-            proc, url, target = start_server(model, repo, flags, log)
+            proc, url, grpc_target = start_server(model, repo, flags, log)
             try:
                 for protocol in args.protocols.split(","):
                     for conc in map(int, args.concurrency.split(",")):
-                        infer = f"{url}/v2/models/{model}/infer"
-                        if protocol == "grpc":
-
-                            def go(seconds: float, conc: int = conc) -> dict[str, float]:
-                                return run_ghz(ghz, target, bodies["grpc"], conc, seconds)
-                        else:
-                            headers = "Content-Type: application/json"
-                            if protocol == "http-binary":
-                                n = bodies["http-binary-header"].read_text()
-                                headers = f"Content-Type: application/octet-stream|Inference-Header-Content-Length: {n}"
-
-                            def go(
-                                seconds: float,
-                                conc: int = conc,
-                                protocol: str = protocol,
-                                headers: str = headers,
-                            ) -> dict[str, float]:
-                                return run_wrk(infer, bodies[protocol], headers, conc, seconds)
-
-                        go(args.warmup)
+                        target = Target(model, url, grpc_target, bodies, ghz)
+                        load(target, protocol, conc, args.warmup)
                         s0, c0 = batch_totals(url, model)
                         cpu0 = cpu_seconds(proc.pid)
-                        result = go(args.duration)
+                        result = load(target, protocol, conc, args.duration)
                         cpu1 = cpu_seconds(proc.pid)
                         s1, c1 = batch_totals(url, model)
                         # Server CPU time per answered request: unlike latency, not inflated
@@ -274,8 +279,14 @@ def main() -> None:
                             1e6 * (cpu1 - cpu0) / answered if answered else 0.0
                         )
                         mean_batch = (s1 - s0) / (c1 - c0) if c1 > c0 else 0.0
-                        row = {"model": model, "batching": batching, "protocol": protocol, "concurrency": conc,
-                               "mean_batch": mean_batch, **result}  # fmt: skip
+                        row = {
+                            "model": model,
+                            "batching": batching,
+                            "protocol": protocol,
+                            "concurrency": conc,
+                            "mean_batch": mean_batch,
+                            **result,
+                        }
                         rows.append(row)
                         print(json.dumps(row), flush=True)
             finally:
@@ -308,14 +319,9 @@ def machine(
     import onnxruntime
 
     cpu = "unknown"
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
+    with contextlib.suppress(OSError, StopIteration):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(x.split(":", 1)[1].strip() for x in lines if x.startswith("model name"))
     wrk_version = subprocess.run(
         ["wrk", "-v"], capture_output=True, text=True, check=False
     ).stdout.split("\n")[0]
@@ -335,12 +341,14 @@ def machine(
 
 def write_report(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
     lines = [
-        "| model | batching | protocol | conc | req/s | p50 ms | p99 ms | mean batch | ratio to in-process b1 | ratio to in-process at formed batch | added p50 µs | server CPU µs/req |",
+        "| model | batching | protocol | conc | req/s | p50 ms | p99 ms | mean batch "
+        "| vs in-process b1 | vs in-process at formed batch | added p50 µs | server CPU µs/req |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['batching']} | {r['protocol']} | {r['concurrency']} | {r['rps']:,.0f} | "
+            f"| {r['model']} | {r['batching']} | {r['protocol']} | {r['concurrency']} "
+            f"| {r['rps']:,.0f} | "
             f"{r['p50_us'] / 1000:.3f} | {r['p99_us'] / 1000:.3f} | {r['mean_batch']:.1f} | "
             f"{100 * r['ratio_b1']:.1f}% | {r['ratio_formed']:.2f} | "
             f"{r['added_p50_us']:.0f} | {r['server_cpu_us']:.1f} |"
@@ -371,8 +379,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for ax, model in zip(axes[0], models, strict=True):
         for protocol in PROTOCOLS:
             for batching, style in (("off", "-"), ("on", "--")):
-                pts = sorted((r["concurrency"], r["p50_us"] / 1000, r["p99_us"] / 1000) for r in rows
-                             if r["model"] == model and r["protocol"] == protocol and r["batching"] == batching)  # fmt: skip
+                pts = sorted(
+                    (r["concurrency"], r["p50_us"] / 1000, r["p99_us"] / 1000)
+                    for r in rows
+                    if (r["model"], r["protocol"], r["batching"]) == (model, protocol, batching)
+                )
                 if pts:
                     xs, p50, _ = zip(*pts, strict=True)
                     ax.plot(xs, p50, style, marker="o", label=f"{protocol}, batching {batching}")
