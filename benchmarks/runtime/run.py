@@ -144,7 +144,7 @@ def run_wrk(
 
 def run_ghz(
     ghz: str, target: str, data: Path, concurrency: int, seconds: float
-) -> dict[str, float]:
+) -> dict[str, Any]:
     out = subprocess.run(
         [
             "taskset", "-c", CLIENT_CORE, ghz, "--insecure", "--proto", str(PROTO),
@@ -167,6 +167,7 @@ def run_ghz(
         "p50_us": dist.get(50, 0.0),
         "p99_us": dist.get(99, 0.0),
         "errors": errors,
+        "error_kinds": doc.get("errorDistribution") or {},
     }
 
 
@@ -179,7 +180,7 @@ class Target:
     ghz: str
 
 
-def load(t: Target, protocol: str, concurrency: int, seconds: float) -> dict[str, float]:
+def load(t: Target, protocol: str, concurrency: int, seconds: float) -> dict[str, Any]:
     if protocol == "grpc":
         return run_ghz(t.ghz, t.grpc_target, t.bodies["grpc"], concurrency, seconds)
     headers = "Content-Type: application/json"
