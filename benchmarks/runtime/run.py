@@ -142,9 +142,7 @@ def run_wrk(
     }
 
 
-def run_ghz(
-    ghz: str, target: str, data: Path, concurrency: int, seconds: float
-) -> dict[str, Any]:
+def run_ghz(ghz: str, target: str, data: Path, concurrency: int, seconds: float) -> dict[str, Any]:
     out = subprocess.run(
         [
             "taskset", "-c", CLIENT_CORE, ghz, "--insecure", "--proto", str(PROTO),
