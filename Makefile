@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 PACKAGES := operator/src/modelpilot_operator runtime-image/src/modelpilot_runtime
 MYPY_TARGETS := $(patsubst %/__init__.py,%,$(wildcard $(addsuffix /__init__.py,$(PACKAGES)))) $(if $(wildcard e2e/*.py),e2e) tests
 
-.PHONY: all venv check fmt crds test unit integration cluster-build cluster-up cluster-down demo demo-down clean
+.PHONY: all venv check fmt crds rbac test unit integration cluster-build cluster-up cluster-down demo demo-down clean
 
 all: test
 
@@ -27,12 +27,16 @@ crds: $(STAMP)
 	$(BIN)/python -m modelpilot_operator.crdgen --out crds/
 	$(BIN)/python -m modelpilot_operator.crdgen --out charts/modelpilot/crds/
 
+rbac: $(STAMP)
+	$(BIN)/python -m modelpilot_operator.rbac --out .
+
 check: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy $(MYPY_TARGETS)
 	$(BIN)/lint-imports
 	$(BIN)/python -m modelpilot_operator.crdgen --check crds/
+	$(BIN)/python -m modelpilot_operator.rbac --check --out .
 	$(BIN)/python -m modelpilot_operator.crdgen --check charts/modelpilot/crds/
 
 fmt: $(STAMP)

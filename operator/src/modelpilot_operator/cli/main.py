@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from .. import __version__
 from ..api.v1alpha1 import KIND, ModelDeployment
 from ..crdgen import render_crd
+from . import operator as operator_cli
 
 
 def _validate(paths: Sequence[Path], show_defaults: bool) -> int:
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("files", nargs="+", type=Path, help="YAML files, or - for stdin")
     val.add_argument("--show-defaults", action="store_true", help="print them with defaults")
     sub.add_parser("crd", help="print the ModelDeployment CRD")
+    operator_cli.add_parser(sub)
     return parser
 
 
@@ -59,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "crd":
         print(render_crd(), end="")
         return 0
+    if args.command == "operator":
+        return operator_cli.run(args)
     return 2
 
 

@@ -85,6 +85,8 @@ class ApiServer:
             config.load_kube_config(  # type: ignore[no-untyped-call]
                 context=context, client_configuration=cfg
             )
+        # kopf runs sync handlers in a thread pool: one connection per worker.
+        cfg.connection_pool_maxsize = 16
         return cls(client.ApiClient(configuration=cfg))
 
     def _call(

@@ -8,6 +8,9 @@ cache of what pods reported, so an operator killed at any point converges when r
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -68,6 +71,21 @@ class Reconciler:
     options: BuildOptions
     providers: ProviderCache = field(default_factory=lambda: ProviderCache(None))
     kinds: set[str] | None = None
+    _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextmanager
+    def exclusive(self, namespace: str, name: str) -> Iterator[None]:
+        """One reconcile per ModelDeployment at a time (events of its pods and Deployments
+        arrive together); the next one then sees the status this one wrote."""
+        with self._guard:
+            lock = self._locks.setdefault((namespace, name), threading.Lock())
+        with lock:
+            yield
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._guard:
+            self._locks.pop((namespace, name), None)
 
     def refresh_kinds(self) -> set[str]:
         """Ask discovery again which route/monitoring CRDs are installed."""
