@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 PACKAGES := operator/src/modelpilot_operator runtime-image/src/modelpilot_runtime
 MYPY_TARGETS := $(patsubst %/__init__.py,%,$(wildcard $(addsuffix /__init__.py,$(PACKAGES)))) $(if $(wildcard e2e/*.py),e2e) tests
 
-.PHONY: all venv check fmt crds rbac test unit integration cluster-build cluster-up cluster-down demo demo-down clean
+.PHONY: all venv torchserve-env check fmt crds rbac test unit integration cluster-build cluster-up cluster-down demo demo-down clean
 
 all: test
 
@@ -21,6 +21,18 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# The TorchServe backend's test tier needs torch, TorchServe and Java (about 25 s and 4.3 GB
+# cold, see docs/torchserve.md). MODELPILOT_SKIP_TORCHSERVE=1 leaves it out; its tests then skip.
+TS_STAMP := $(VENV)/.torchserve
+$(TS_STAMP): $(STAMP) runtime-image/torchserve/install.sh runtime-image/torchserve/overrides.txt
+	@echo ">> installing torch, TorchServe and Java for the TorchServe backend"
+	@runtime-image/torchserve/install.sh $(BIN)/python
+	@touch $(TS_STAMP)
+
+torchserve-env: $(TS_STAMP)
+
+TEST_ENV := $(STAMP) $(if $(filter 1,$(MODELPILOT_SKIP_TORCHSERVE)),,$(TS_STAMP))
 
 # crds/ is the one source; the chart carries a copy that the check keeps identical.
 crds: $(STAMP)
@@ -43,7 +55,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-unit: $(STAMP)
+unit: $(TEST_ENV)
 	$(BIN)/python -m pytest tests/unit -q
 
 # The local cluster: real etcd + kube-apiserver + controllers built from Go modules.

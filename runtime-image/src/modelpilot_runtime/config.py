@@ -16,6 +16,13 @@ Example `config.yaml`:
     cache: {max_entries: 0}            # 0: off
     classification: {output: auto, max_classes: 32}
     faults: {error_ratio: 0.0, added_latency_ms: 0}
+    backend: onnx                      # or torchserve: <version>/model.mar, settings below
+    torchserve:
+      inputs: [{name: input, datatype: FP32, shape: [-1, 8]}]
+      outputs: [{name: probabilities, datatype: FP32, shape: [-1, 3]}]
+      request_format: json             # or raw (one BYTES input sent as the body)
+      workers: 1
+      response_timeout_s: 60
 """
 
 from __future__ import annotations
@@ -109,8 +116,52 @@ class FaultSettings(_Strict):
         return self.error_ratio > 0 or self.added_latency_ms > 0
 
 
+class TensorDeclaration(_Strict):
+    """One input or output of a model whose file carries no signature (a TorchServe .mar)."""
+
+    name: str = Field(min_length=1)
+    datatype: Literal[
+        "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+        "FP16", "FP32", "FP64", "BYTES",
+    ]  # fmt: skip
+    shape: list[int] = Field(min_length=1)  # -1 is any size; a first -1 makes it batchable
+
+    @model_validator(mode="after")
+    def _dims(self) -> TensorDeclaration:
+        if any(d < -1 or d == 0 for d in self.shape):
+            raise ValueError(f"{self.name}: dimensions are positive or -1, got {self.shape}")
+        return self
+
+
+class TorchServeSettings(_Strict):
+    """How the runtime runs a `.mar` in a supervised TorchServe (see docs/torchserve.md).
+
+    A `.mar` has no signature, so its inputs and outputs are declared here. Each row of a
+    request goes to TorchServe as one TorchServe request (its unit of batching); `json` sends
+    `{"inputs": [{"name", "datatype", "shape", "data"}]}` for the row, `raw` sends the bytes
+    of a single BYTES input as they are (image handlers and the like).
+    """
+
+    inputs: list[TensorDeclaration] = Field(default_factory=list)
+    outputs: list[TensorDeclaration] = Field(default_factory=list)
+    request_format: Literal["json", "raw"] = "json"
+    workers: int = Field(default=1, ge=1)
+    response_timeout_s: int = Field(default=60, ge=1)
+    startup_timeout_s: float = Field(default=180.0, gt=0)
+    java: str = "java"
+    jvm_options: list[str] = Field(default_factory=lambda: ["-Xmx512m", "-XX:+UseSerialGC"])
+
+    @model_validator(mode="after")
+    def _raw_takes_one_bytes_input(self) -> TorchServeSettings:
+        if self.request_format == "raw" and (
+            len(self.inputs) != 1 or self.inputs[0].datatype != "BYTES"
+        ):
+            raise ValueError("request_format raw takes exactly one BYTES input")
+        return self
+
+
 class ModelConfig(_Strict):
-    backend: Literal["onnx"] = "onnx"
+    backend: Literal["onnx", "torchserve"] = "onnx"
     version_policy: VersionPolicy = Field(default_factory=lambda: VersionPolicy(latest=1))
     onnx: OnnxSettings = Field(default_factory=OnnxSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
@@ -119,6 +170,7 @@ class ModelConfig(_Strict):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     classification: ClassificationSettings = Field(default_factory=ClassificationSettings)
     faults: FaultSettings = Field(default_factory=FaultSettings)
+    torchserve: TorchServeSettings = Field(default_factory=TorchServeSettings)
 
 
 class ConfigError(Exception):

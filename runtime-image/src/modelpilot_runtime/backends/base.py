@@ -59,4 +59,9 @@ def create_backend(
         from modelpilot_runtime.backends.onnx import OnnxBackend
 
         return OnnxBackend(version_dir, config, cache_dir)
+    if config.backend == "torchserve":
+        # Imported here: TorchServe (and torch) are an optional extra.
+        from modelpilot_runtime.backends.torchserve import TorchServeBackend
+
+        return TorchServeBackend(model_dir, version_dir, config, cache_dir)
     raise ValueError(f"{model_dir}: unknown backend {config.backend!r}")  # pragma: no cover

@@ -35,6 +35,8 @@ INLINE_BELOW_SECONDS = 0.0005
 REJECT_REASONS = ("queue_full", "timeout", "not_ready", "shutdown")
 
 LOADING, READY, UNLOADING, UNLOADED, FAILED = "LOADING", "READY", "UNLOADING", "UNLOADED", "FAILED"
+# A loaded version whose backend lost its model server (a TorchServe being restarted).
+UNAVAILABLE = "UNAVAILABLE"
 
 
 class ServedVersion:
@@ -131,7 +133,14 @@ class ServedVersion:
             self.scheduler = DirectScheduler(runner, batching)
         if cfg.cache.max_entries > 0:
             self.cache = ResultCache(cfg.cache.max_entries)
-        self.fast = isinstance(self.scheduler, DirectScheduler) and inline and not cfg.faults.active
+        # The fast path skips the state check, so a backend that can lose its model server
+        # (and so readiness) always takes the checked path.
+        self.fast = (
+            isinstance(self.scheduler, DirectScheduler)
+            and inline
+            and not cfg.faults.active
+            and not hasattr(self.backend, "set_health_listener")
+        )
         self._idle = asyncio.Event()
         self._idle.set()
         # Every series exists from the start, so rate() over them never sees a gap.
@@ -141,6 +150,10 @@ class ServedVersion:
             self.vm.cache_hit.inc(0)
             self.vm.cache_miss.inc(0)
         self.state = READY
+        listen = getattr(self.backend, "set_health_listener", None)
+        if listen is not None:
+            loop = asyncio.get_running_loop()
+            listen(lambda healthy: loop.call_soon_threadsafe(self._backend_health, healthy))
         m = self.metrics
         m.model_ready.remove(self.model, self.version, "")
         self._ready_gauge_provider = info.provider
@@ -160,6 +173,20 @@ class ServedVersion:
 
     def mark_ready(self) -> None:
         self.metrics.model_ready.labels(self.model, self.version, self._ready_gauge_provider).set(1)
+
+    def _backend_health(self, healthy: bool) -> None:
+        """The backend's model server went away (False) or serves again (True)."""
+        gauge = self.metrics.model_ready.labels(
+            self.model, self.version, self._ready_gauge_provider
+        )
+        if not healthy and self.state == READY:
+            self.state, self.reason = UNAVAILABLE, "the backend's model server is restarting"
+            gauge.set(0)
+            log.warning("%s/%s: not ready: %s", self.model, self.version, self.reason)
+        elif healthy and self.state == UNAVAILABLE:
+            self.state, self.reason = READY, ""
+            gauge.set(1)
+            log.info("%s/%s: ready again", self.model, self.version)
 
     def fail(self, reason: str) -> None:
         self.state = FAILED
@@ -332,7 +359,7 @@ class ServedVersion:
 
     async def drain_and_unload(self) -> None:
         """Stop taking requests, let the queued and running ones finish, release the model."""
-        if self.state == READY:
+        if self.state in (READY, UNAVAILABLE):
             self.state = UNLOADING
             self.metrics.model_ready.labels(
                 self.model, self.version, self._ready_gauge_provider

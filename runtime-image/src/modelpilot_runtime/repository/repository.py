@@ -1,6 +1,7 @@
 """The model repository on disk and the set of versions being served.
 
-Layout: `<root>/<model>/<version>/model.onnx`, with an optional `<root>/<model>/config.yaml`
+Layout: `<root>/<model>/<version>/model.onnx` (or `model.mar`, see backends.torchserve), with
+an optional `<root>/<model>/config.yaml`
 (see `modelpilot_runtime.config`). A model directory that holds `model.onnx` itself is served
 as version "1". `sync()` compares the disk with what is served: versions the policy newly
 selects are loaded and warmed up in a worker thread and only then served; versions no longer
@@ -26,7 +27,7 @@ from modelpilot_runtime.repository.model import FAILED, READY, ServedVersion
 
 log = logging.getLogger(__name__)
 
-MODEL_FILES = ("model.onnx",)
+MODEL_FILES = ("model.onnx", "model.mar")
 
 
 def _is_version_dir(path: Path) -> bool:
@@ -235,7 +236,7 @@ class ModelRepository:
         """Every model found has a version serving (and no model config is broken)."""
         if not self.synced or self.model_errors:
             return False
-        return all(name in self._default for name in self.models)
+        return all(name in self._default and self._default[name].ready for name in self.models)
 
     def index(self) -> list[dict[str, str]]:
         out = [
