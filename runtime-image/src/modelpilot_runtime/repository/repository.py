@@ -201,6 +201,11 @@ class ModelRepository:
         if version is None or version == "":
             served = self._default.get(model)
             if served is not None:
+                if served.state != READY:  # its backend lost its model server for a while
+                    raise RejectedError(
+                        f"model {model!r} version {served.version!r} is {served.state}",
+                        "not_ready",
+                    )
                 return served
             if model not in self.models:
                 raise NotFoundError(f"unknown model {model!r}")

@@ -94,6 +94,7 @@ class TorchServeBackend:
         self._stop = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._local = threading.local()
+        self._connections: list[http.client.HTTPConnection] = []  # every thread's, to close
         self._pool: ThreadPoolExecutor | None = None
         self._http_timeout = self.settings.response_timeout_s + 5.0
 
@@ -177,6 +178,9 @@ class TorchServeBackend:
             if self.process is not None:
                 self.process.stop()
                 self.process = None
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
         self._set_health(False)
 
     # -- health ----------------------------------------------------------------------------
@@ -309,9 +313,12 @@ class TorchServeBackend:
         if cached is not None and cached[0] == port:
             conn: http.client.HTTPConnection = cached[1]
         else:
-            if cached is not None:
-                cached[1].close()
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=self._http_timeout)
+            with self._lock:
+                if cached is not None:
+                    cached[1].close()
+                    self._connections.remove(cached[1])
+                self._connections.append(conn)
             self._local.conn = (port, conn)
         return conn, f"/predictions/{self.name}", key
 

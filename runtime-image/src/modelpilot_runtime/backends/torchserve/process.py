@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
@@ -35,6 +37,49 @@ log = logging.getLogger(__name__)
 
 # Minutes an inference or management key lives; renewed at half of it.
 TOKEN_MINUTES = 60
+
+
+# TorchServe's own log4j2.xml logs several debug and info lines per request, each twice (its
+# frontend logger is additive). This one keeps warnings and errors from the frontend, the
+# workers' output (handler tracebacks land there), no access or metrics logs, and bounds
+# every file, so a long-running pod does not fill its /tmp.
+LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<Configuration>
+  <Appenders>
+    <Console name="STDOUT" target="SYSTEM_OUT">
+      <PatternLayout pattern="%d{ISO8601} [%-5p] %t %c - %m%n"/>
+    </Console>
+    <RollingFile name="ts_log" fileName="${env:LOG_LOCATION}/ts_log.log"
+                 filePattern="${env:LOG_LOCATION}/ts_log.%i.log">
+      <PatternLayout pattern="%d{ISO8601} [%-5p] %t %c - %m%n"/>
+      <Policies><SizeBasedTriggeringPolicy size="10 MB"/></Policies>
+      <DefaultRolloverStrategy max="1"/>
+    </RollingFile>
+    <RollingFile name="model_log" fileName="${env:LOG_LOCATION}/model_log.log"
+                 filePattern="${env:LOG_LOCATION}/model_log.%i.log">
+      <PatternLayout pattern="%d{ISO8601} [%-5p] %t %c - %m%n"/>
+      <Policies><SizeBasedTriggeringPolicy size="10 MB"/></Policies>
+      <DefaultRolloverStrategy max="1"/>
+    </RollingFile>
+  </Appenders>
+  <Loggers>
+    <Logger name="ACCESS_LOG" level="off"/>
+    <Logger name="TS_METRICS" level="off"/>
+    <Logger name="MODEL_METRICS" level="off"/>
+    <Logger name="io.netty" level="error"/>
+    <Logger name="org.apache" level="off"/>
+    <Logger name="MODEL_LOG" level="info" additivity="false">
+      <AppenderRef ref="model_log"/>
+    </Logger>
+    <Logger name="org.pytorch.serve" level="warn" additivity="false">
+      <AppenderRef ref="ts_log"/>
+    </Logger>
+    <Root level="warn">
+      <AppenderRef ref="STDOUT"/>
+    </Root>
+  </Loggers>
+</Configuration>
+"""
 
 
 class TorchServeError(Exception):
@@ -74,17 +119,18 @@ def free_ports(count: int) -> list[int]:
 
 def torchserve_home() -> Path:
     """The directory holding the `ts` package (TorchServe's `model_server_home`)."""
-    import ts
-
-    return Path(ts.__file__).resolve().parent.parent
+    # Found, not imported: importing `ts` leaves its version file open.
+    spec = importlib.util.find_spec("ts")
+    if spec is None or spec.origin is None:
+        raise TorchServeError("TorchServe is not installed (the `torchserve` extra)")
+    return Path(spec.origin).resolve().parent.parent
 
 
 def torchserve_version() -> str:
+    # From the distribution's metadata: `ts.version` leaves its version file open.
     try:
-        from ts.version import __version__
-
-        return str(__version__)
-    except ImportError:  # pragma: no cover - the torchserve extra always installs it
+        return importlib.metadata.version("torchserve")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - extra not installed
         return "unknown"
 
 
@@ -130,10 +176,13 @@ class TorchServeProcess:
         self.ports = Ports(p[0], p[1], p[2], p[3], p[4], worker=9000)
         config = self.root / "config.properties"
         config.write_text(self._config_text())
+        log4j = self.root / "log4j2.xml"
+        log4j.write_text(LOG4J2_XML)
         home = torchserve_home()
         cmd = [
             self.java,
             f"-Dmodel_server_home={home}",
+            f"-Dlog4j.configurationFile=file://{log4j}",
             f"-Djava.io.tmpdir={self.root / 'tmp'}",
             *self.jvm_options,
             "-cp",

@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 import torch
-from ts.utils.util import PredictionException
 
 REFUSE, RAISE, SLEEP = 2.0**100, -(2.0**100), 2.0**101
 
@@ -55,6 +54,10 @@ class TinyHandler:
         for row in rows:
             first = float(row.reshape(-1)[0])
             if first == REFUSE:
+                # Imported here: `sample` imports this module for `build_model`, and importing
+                # `ts` opens (and never closes) its version file.
+                from ts.utils.util import PredictionException
+
                 raise PredictionException("input values must stay below 2**100", 422)
             if first == RAISE:
                 raise RuntimeError("the sample handler was asked to fail")

@@ -1,0 +1,281 @@
+"""The TorchServe backend with a real TorchServe: a .mar archived by the tests, served
+through the runtime's protocols, batched by TorchServe, measured by the runtime's metrics,
+its handler errors turned into answers, killed and brought back, and stopped with the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import onnxruntime as ort
+import psutil
+import pytest
+import yaml
+
+from modelpilot_runtime.server.proto import inference_pb2 as pb
+from modelpilot_runtime.server.proto import inference_pb2_grpc as pb_grpc
+from tests.unit.runtime.conftest import RunningServer, run_server, wait_until
+from tests.unit.runtime.torchserve.conftest import backend_of
+
+# The sample handler's triggers (see sample_handler.py, which imports torch: not here).
+REFUSE, RAISE, SLEEP = 2.0**100, -(2.0**100), 2.0**101
+ROWS = np.random.default_rng(3).standard_normal((4, 8)).astype(np.float32)
+
+
+def v2_body(rows: np.ndarray, outputs: list[str] | None = None) -> dict[str, object]:
+    body: dict[str, object] = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(rows.shape),
+                "datatype": "FP32",
+                "data": rows.reshape(-1).tolist(),
+            }
+        ]
+    }
+    if outputs is not None:
+        body["outputs"] = [{"name": n} for n in outputs]
+    return body
+
+
+def output(answer: dict[str, object], name: str) -> np.ndarray:
+    outs = answer["outputs"]
+    assert isinstance(outs, list)
+    item = next(o for o in outs if o["name"] == name)
+    return np.asarray(item["data"]).reshape(item["shape"])
+
+
+def reference(ts_repo: Path, rows: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(
+        str(ts_repo / "tiny_onnx" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    return np.asarray(session.run(["probabilities"], {"input": rows})[0])
+
+
+def test_v2_http_inference_matches_the_onnx_export(ts_server: RunningServer, ts_repo: Path) -> None:
+    with httpx.Client(base_url=ts_server.url, timeout=30) as c:
+        assert c.get("/v2/health/ready").status_code == 200
+        meta = c.get("/v2/models/tiny_ts").json()
+        answer = c.post("/v2/models/tiny_ts/versions/1/infer", json=v2_body(ROWS))
+        via_onnx = c.post("/v2/models/tiny_onnx/infer", json=v2_body(ROWS))
+    assert meta["platform"] == "pytorch_torchserve"
+    assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [
+        ("input", "FP32", [-1, 8])
+    ]
+    assert answer.status_code == 200, answer.text
+    got = output(answer.json(), "probabilities")
+    assert got.shape == (4, 3)
+    np.testing.assert_allclose(got, reference(ts_repo, ROWS), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, output(via_onnx.json(), "probabilities"), atol=1e-6)
+
+
+def test_grpc_and_tfserving_rest(ts_server: RunningServer, ts_repo: Path) -> None:
+    with grpc.insecure_channel(ts_server.grpc_target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+        assert stub.ModelReady(pb.ModelReadyRequest(name="tiny_ts")).ready
+        request = pb.ModelInferRequest(model_name="tiny_ts")
+        tensor = request.inputs.add(name="input", datatype="FP32", shape=[2, 8])
+        tensor.contents.fp32_contents.extend(ROWS[:2].reshape(-1).tolist())
+        request.outputs.add(name="probabilities")
+        reply = stub.ModelInfer(request, timeout=30)
+    probabilities = np.frombuffer(reply.raw_output_contents[0], dtype=np.float32).reshape(2, 3)
+    np.testing.assert_allclose(probabilities, reference(ts_repo, ROWS[:2]), atol=1e-6)
+    rest = httpx.post(
+        ts_server.url + "/v1/models/tiny_ts:predict",
+        json={"instances": ROWS[:3].tolist()},
+        timeout=30,
+    )
+    assert rest.status_code == 200, rest.text
+    predictions = rest.json()["predictions"]
+    assert len(predictions) == 3
+    np.testing.assert_allclose(
+        [p["probabilities"] for p in predictions], reference(ts_repo, ROWS[:3]), atol=1e-6
+    )
+
+
+def test_concurrent_requests_reach_the_handler_in_batches(ts_server: RunningServer) -> None:
+    answers: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def send(i: int) -> None:
+        with httpx.Client(base_url=ts_server.url, timeout=30) as c:
+            for _ in range(4):
+                r = c.post("/v2/models/tiny_ts/infer", json=v2_body(ROWS[i % 4 : i % 4 + 1]))
+                with lock:
+                    answers.append(r)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in answers] == [200] * 64
+    handler_batches = [int(output(r.json(), "handler_batch")[0, 0]) for r in answers]
+    # 16 clients at once: the runtime's batcher groups them and TorchServe hands the handler
+    # more than one request at a time.
+    assert max(handler_batches) > 1
+    metrics = httpx.get(ts_server.url + "/metrics").text
+    count = _value(metrics, 'modelpilot_inference_batch_size_count{model="tiny_ts",version="1"}')
+    ones = _value(
+        metrics, 'modelpilot_inference_batch_size_bucket{le="1.0",model="tiny_ts",version="1"}'
+    )
+    assert count > ones  # some batches held more than one request
+
+
+def test_metrics_follow_the_contract(ts_server: RunningServer) -> None:
+    with httpx.Client(base_url=ts_server.url, timeout=30) as c:
+        assert c.post("/v2/models/tiny_ts/infer", json=v2_body(ROWS[:1])).status_code == 200
+        bad = v2_body(ROWS[:1])
+        bad["inputs"][0]["data"][0] = REFUSE  # type: ignore[index]
+        assert c.post("/v2/models/tiny_ts/infer", json=bad).status_code == 422
+        metrics = c.get("/metrics").text
+    labels = 'model="tiny_ts",protocol="v2-http",version="1"'
+    assert _value(metrics, f'modelpilot_inference_requests_total{{code="200",{labels}}}') >= 1
+    assert _value(metrics, f'modelpilot_inference_requests_total{{code="422",{labels}}}') >= 1
+    assert (
+        _value(
+            metrics,
+            'modelpilot_model_ready{model="tiny_ts",provider="TorchServe 0.12.0",version="1"}',
+        )
+        == 1
+    )
+    assert (
+        _value(
+            metrics,
+            'modelpilot_inference_request_duration_seconds_count{model="tiny_ts",version="1"}',
+        )
+        >= 1
+    )
+    assert (
+        _value(
+            metrics,
+            'modelpilot_inference_compute_duration_seconds_count{model="tiny_ts",version="1"}',
+        )
+        >= 1
+    )
+    assert 'modelpilot_prediction_class_total{class="' in metrics
+    assert (
+        'modelpilot_model_load_duration_seconds{model="tiny_ts",stage="load",version="1"}'
+        in metrics
+    )
+
+
+@pytest.mark.parametrize(
+    ("first", "status", "words"),
+    [
+        (REFUSE, 422, "input values must stay below 2**100"),
+        (RAISE, 500, "the handler raised an exception"),
+    ],
+)
+def test_handler_errors_become_answers_with_a_message(
+    ts_server: RunningServer, first: float, status: int, words: str
+) -> None:
+    body = v2_body(ROWS[:1])
+    body["inputs"][0]["data"][0] = first  # type: ignore[index]
+    answer = httpx.post(ts_server.url + "/v2/models/tiny_ts/infer", json=body, timeout=30)
+    assert answer.status_code == status
+    assert words in answer.json()["error"]
+    assert "tiny_ts" in answer.json()["error"]
+    # The model keeps serving afterwards.
+    after = httpx.post(
+        ts_server.url + "/v2/models/tiny_ts/infer", json=v2_body(ROWS[:1]), timeout=30
+    )
+    assert after.status_code == 200
+
+
+def test_a_wrong_request_is_refused_before_torchserve(ts_server: RunningServer) -> None:
+    body = {"inputs": [{"name": "input", "shape": [1, 7], "datatype": "FP32", "data": [0.0] * 7}]}
+    answer = httpx.post(ts_server.url + "/v2/models/tiny_ts/infer", json=body, timeout=30)
+    assert answer.status_code == 400
+    assert "[-1, 8]" in answer.json()["error"]
+
+
+def test_torchserve_listens_on_loopback_only_and_wants_keys(ts_server: RunningServer) -> None:
+    process = backend_of(ts_server).process
+    java = psutil.Process(process.pid)
+    listening = [c.laddr for c in java.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+    assert len(listening) >= 5  # inference, management, metrics, two gRPC
+    # Java's sockets are IPv6 ones bound to the IPv4-mapped loopback address.
+    assert {addr.ip.removeprefix("::ffff:") for addr in listening} == {"127.0.0.1"}
+    ports = process.ports
+    anonymous = httpx.post(
+        f"http://127.0.0.1:{ports.inference}/predictions/tiny_ts", json=v2_body(ROWS[:1])
+    )
+    assert anonymous.status_code == 400
+    assert "Token Authorization failed" in anonymous.text
+    listing = httpx.get(f"http://127.0.0.1:{ports.management}/models")
+    assert listing.status_code == 400
+    key_file = process.root / "key_file.json"
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    assert set(json.loads(key_file.read_text())) == {"management", "inference", "API"}
+
+
+def test_a_handler_that_hangs_gets_a_timeout_answer(ts_repo: Path, tmp_path: Path) -> None:
+    model = tmp_path / "slow"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.mar").symlink_to(ts_repo / "tiny_ts" / "1" / "model.mar")
+    config = yaml.safe_load((ts_repo / "tiny_ts" / "config.yaml").read_text())
+    config["torchserve"]["response_timeout_s"] = 1
+    config["warmup"] = {"runs": 0}
+    (model / "config.yaml").write_text(yaml.safe_dump(config))
+    with run_server(models={"slow": model}, grpc_port=None) as srv:
+        body = v2_body(ROWS[:1])
+        body["inputs"][0]["data"][:2] = [SLEEP, 30.0]  # type: ignore[index]
+        answer = httpx.post(srv.url + "/v2/models/slow/infer", json=body, timeout=60)
+        assert answer.status_code >= 500
+        assert "slow" in answer.json()["error"]
+
+
+def test_killed_torchserve_is_restarted_and_stopped_with_the_server(ts_repo: Path) -> None:
+    with run_server(models={"tiny_ts": ts_repo / "tiny_ts"}, grpc_port=None) as srv:
+        backend = backend_of(srv)
+        first = backend.process
+        old_pid, old_root = first.pid, first.root
+        os.killpg(old_pid, signal.SIGKILL)
+
+        def ready() -> bool:
+            return httpx.get(srv.url + "/v2/models/tiny_ts/ready").status_code == 200
+
+        wait_until(lambda: not ready(), timeout=30, interval=0.02)
+        unready = httpx.post(srv.url + "/v2/models/tiny_ts/infer", json=v2_body(ROWS[:1]))
+        assert unready.status_code == 503
+        metrics = httpx.get(srv.url + "/metrics").text
+        assert (
+            'modelpilot_model_ready{model="tiny_ts",provider="TorchServe 0.12.0",version="1"} 0.0'
+            in metrics
+        )
+        wait_until(ready, timeout=120, interval=0.1)
+        assert backend.restarts == 1
+        assert backend.process.pid != old_pid
+        assert not old_root.exists()
+        answer = httpx.post(
+            srv.url + "/v2/models/tiny_ts/infer", json=v2_body(ROWS[:1]), timeout=30
+        )
+        assert answer.status_code == 200
+        group = [p for p in psutil.process_iter() if _pgid(p.pid) == backend.process.pid]
+        assert len(group) >= 2  # Java and at least one Python worker
+        root = backend.process.root
+    for proc in group:
+        assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    assert not root.exists()
+
+
+def _pgid(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return -1
+
+
+def _value(metrics: str, series: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{series} not in the metrics")
