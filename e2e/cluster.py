@@ -1,0 +1,873 @@
+"""Starts, stops and reports on the local cluster: ``python -m e2e.cluster VERB``.
+
+Verbs: ``build`` (binaries into the cache, see :mod:`e2e.build`), ``up``, ``down``,
+``status`` and ``env``.
+
+Owns the cluster folder (``~/.cache/modelpilot/cluster`` or ``$MODELPILOT_CLUSTER_DIR``):
+``pki/``, the kubeconfigs, ``etcd-data/``, ``logs/`` (one file per component) and
+``state.json`` (the pid of every process ``up`` started, with the process start time so
+that ``down`` never signals a recycled pid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from e2e import build as buildmod
+from e2e import versions
+from e2e.pki import CertPair, Pki
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVICE_CIDR = "10.0.0.0/24"
+NODE_NAME = "modelpilot-local"
+PROMETHEUS_PORT = 19090
+PROMETHEUS_USER = "modelpilot:prometheus"
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+IDENTITY_CONFIGMAP = ("kube-system", "modelpilot-local-cluster")
+START_TIMEOUT = 120.0
+STOP_GRACE = 10.0
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be started or reached; the message says why."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    apiserver: int = 16443
+    etcd: int = 12379
+    etcd_peer: int = 12380
+    controller_manager: int = 17257
+    scheduler: int = 17259
+
+
+def cluster_dir() -> Path:
+    env = os.environ.get("MODELPILOT_CLUSTER_DIR")
+    return Path(env).expanduser() if env else buildmod.cache_root() / "cluster"
+
+
+@dataclass
+class Layout:
+    """Paths of one cluster's files."""
+
+    root: Path = field(default_factory=cluster_dir)
+    ports: Ports = field(default_factory=Ports)
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def etcd_data(self) -> Path:
+        return self.root / "etcd-data"
+
+    @property
+    def prometheus_data(self) -> Path:
+        return self.root / "prometheus-data"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "kubeconfig"
+
+    def component_kubeconfig(self, name: str) -> Path:
+        return self.root / f"{name}.kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports.apiserver}"
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+
+# --- processes --------------------------------------------------------------------------
+
+
+def proc_start_time(pid: int) -> int | None:
+    """The kernel's start time of a process (clock ticks since boot); None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces; fields after it are plain.
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # a zombie is as good as gone
+        return None
+    return int(fields[19])
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Process:
+    name: str
+    pid: int
+    start_time: int
+
+    def alive(self) -> bool:
+        return proc_start_time(self.pid) == self.start_time
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "pid": self.pid, "start_time": self.start_time}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Process:
+        return cls(str(data["name"]), int(data["pid"]), int(data["start_time"]))
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join("    " + line for line in text.rstrip().splitlines()[-lines:])
+
+
+def stop_process(proc: Process, grace: float = STOP_GRACE) -> None:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; only if it is still ours."""
+    if not proc.alive():
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            return
+        reap(proc.pid)
+        time.sleep(0.05)
+    if proc.alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        while proc.alive():
+            reap(proc.pid)
+            time.sleep(0.05)
+
+
+# Children started by this interpreter, kept so that they are waited for (an exited
+# child would otherwise stay a zombie, and a dropped Popen warns that it still runs).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def reap(pid: int) -> None:
+    """Collect a child that exited, so that it does not linger as a zombie."""
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            del _children[pid]
+        return
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+# --- talking to the API server ----------------------------------------------------------
+
+
+class Api:
+    """A minimal HTTPS client with a client certificate (admin's unless told otherwise)."""
+
+    def __init__(self, layout: Layout, user: str = "admin") -> None:
+        self.server = layout.server
+        ctx = ssl.create_default_context(cafile=str(layout.pki / "ca.crt"))
+        ctx.load_cert_chain(str(layout.pki / f"{user}.crt"), str(layout.pki / f"{user}.key"))
+        self.ctx = ctx
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        timeout: float = 5,
+        content_type: str = "application/json",
+    ) -> tuple[int, bytes]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.server + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(req, context=self.ctx, timeout=timeout) as resp:
+                return int(resp.status), bytes(resp.read())
+        except urllib.error.HTTPError as err:
+            return int(err.code), bytes(err.read())
+
+    def get_json(self, path: str) -> dict[str, Any] | None:
+        code, body = self.request("GET", path)
+        if code != 200:
+            return None
+        data = json.loads(body)
+        return data if isinstance(data, dict) else None
+
+    def watch(self, path: str, timeout: float) -> Iterator[dict[str, Any]]:
+        """The events of a watch request, one decoded JSON object per line."""
+        req = urllib.request.Request(self.server + path)
+        with urllib.request.urlopen(req, context=self.ctx, timeout=timeout) as resp:
+            for line in resp:
+                if line.strip():
+                    event = json.loads(line)
+                    if isinstance(event, dict):
+                        yield event
+
+
+def http_ok(url: str, ctx: ssl.SSLContext | None = None, timeout: float = 2) -> bool:
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as resp:
+            return int(resp.status) == 200
+    except (OSError, urllib.error.URLError, ssl.SSLError):
+        return False
+
+
+def insecure_context() -> ssl.SSLContext:
+    """For the /healthz of components that serve a self-signed certificate on loopback."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+# --- the cluster ------------------------------------------------------------------------
+
+
+def write_kubeconfig(path: Path, server: str, ca: Path, client: CertPair, user: str) -> None:
+    def b64(p: Path) -> str:
+        return base64.b64encode(p.read_bytes()).decode()
+
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "modelpilot-local",
+                "cluster": {"server": server, "certificate-authority-data": b64(ca)},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate-data": b64(client.cert),
+                    "client-key-data": b64(client.key),
+                },
+            }
+        ],
+        "contexts": [
+            {"name": "modelpilot-local", "context": {"cluster": "modelpilot-local", "user": user}}
+        ],
+        "current-context": "modelpilot-local",
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+
+
+class Cluster:
+    """One local cluster: its files, its processes and the binaries it runs."""
+
+    def __init__(
+        self, layout: Layout | None = None, cache: buildmod.CachePaths | None = None
+    ) -> None:
+        self.layout = layout or Layout()
+        self.cache = cache or buildmod.default_paths()
+        self.processes: list[Process] = []
+        self.cluster_id = ""
+        self._load_state()
+
+    # state ------------------------------------------------------------------------------
+
+    def _load_state(self) -> None:
+        try:
+            data = json.loads(self.layout.state.read_text())
+        except (OSError, ValueError):
+            return
+        self.processes = [Process.from_json(p) for p in data.get("processes", [])]
+        self.cluster_id = str(data.get("cluster_id", ""))
+
+    def _save_state(self) -> None:
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        data = {
+            "kubernetes": versions.KUBERNETES,
+            "server": self.layout.server,
+            "cluster_id": self.cluster_id,
+            "processes": [p.to_json() for p in self.processes],
+        }
+        tmp = self.layout.state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(self.layout.state)
+
+    def process(self, name: str) -> Process | None:
+        return next((p for p in self.processes if p.name == name), None)
+
+    # starting ---------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+        self.layout.logs.mkdir(parents=True, exist_ok=True)
+        with self.layout.log(name).open("wb") as log:
+            # A session of its own: the component outlives `up` and ignores its Ctrl-C.
+            popen = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.layout.root,
+                env=env,
+            )
+        _children[popen.pid] = popen
+        start = proc_start_time(popen.pid)
+        if start is None:
+            raise ClusterError(f"{name} exited at once:\n{log_tail(self.layout.log(name))}")
+        self.processes.append(Process(name, popen.pid, start))
+        self._save_state()
+
+    def _wait(
+        self, what: str, check: Callable[[], bool], names: Sequence[str] | None = None
+    ) -> None:
+        """Poll ``check`` until it holds; fail early, with logs, if a component died.
+
+        ``names``: the components whose exit ends the wait (default: all started so far).
+        """
+        deadline = time.monotonic() + START_TIMEOUT
+        if names is None:
+            names = [p.name for p in self.processes]
+        while True:
+            for proc in self.processes:
+                if proc.name in names and not proc.alive():
+                    reap(proc.pid)
+                    raise ClusterError(
+                        f"{proc.name} exited while waiting for {what}; last lines of "
+                        f"{self.layout.log(proc.name)}:\n{log_tail(self.layout.log(proc.name))}"
+                    )
+            if check():
+                return
+            if time.monotonic() > deadline:
+                logs = "\n".join(
+                    f"  {n} ({self.layout.log(n)}):\n{log_tail(self.layout.log(n), 10)}"
+                    for n in names
+                )
+                raise ClusterError(
+                    f"timed out after {START_TIMEOUT:.0f}s waiting for {what}\n{logs}"
+                )
+            time.sleep(0.1)
+
+    def _make_pki(self) -> Pki:
+        pki = Pki(self.layout.pki)
+        pki.create_ca()
+        pki.create_service_account_key()
+        pki.issue(
+            "apiserver",
+            "kube-apiserver",
+            server=True,
+            dns=(
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
+            ips=("127.0.0.1", "10.0.0.1"),
+        )
+        ca = pki.ca.cert
+        server = self.layout.server
+        clients = {
+            "admin": ("modelpilot-admin", ("system:masters",)),
+            "controller-manager": ("system:kube-controller-manager", ()),
+            "scheduler": ("system:kube-scheduler", ()),
+        }
+        for name, (cn, orgs) in clients.items():
+            pair = pki.issue(name, cn, orgs=orgs)
+            path = (
+                self.layout.kubeconfig
+                if name == "admin"
+                else self.layout.component_kubeconfig(name)
+            )
+            write_kubeconfig(path, server, ca, pair, cn)
+        # Identities that talk to the API server without a kubeconfig of their own.
+        pki.issue("node", f"system:node:{NODE_NAME}", orgs=("system:nodes",))
+        pki.issue("prometheus", PROMETHEUS_USER)
+        return pki
+
+    def running(self) -> bool:
+        return bool(self.processes) and all(p.alive() for p in self.processes)
+
+    def ready(self) -> bool:
+        """Every component started by ``up`` runs and the API server is ready."""
+        return self.running() and self._api_ready()
+
+    def _api_ready(self) -> bool:
+        if not self.layout.kubeconfig.exists():
+            return False
+        try:
+            code, body = Api(self.layout).request("GET", "/readyz")
+        except (OSError, ssl.SSLError):
+            return False
+        return code == 200 and body.strip() == b"ok"
+
+    def up(self, node: bool = True, prometheus: bool = False) -> float:
+        try:
+            return self._up(node, prometheus)
+        except BaseException:
+            # Leave nothing half-started behind; the logs stay for the error report.
+            self.down(quiet=True)
+            raise
+
+    def _up(self, node: bool, prometheus: bool) -> float:
+        """Start every component and wait until the cluster is usable; returns seconds.
+
+        ``node`` starts the node agent (pods run as local processes); ``prometheus``
+        also starts Prometheus, which :meth:`start_prometheus` can do later as well.
+        """
+        start = time.monotonic()
+        if self.ready():
+            say(f"local cluster already running at {self.layout.server}")
+            if node and self.process("node-agent") is None:
+                self.start_node_agent()
+            if prometheus:
+                self.start_prometheus()
+            return 0.0
+        if self.processes:
+            say("a previous cluster is partly running: stopping it first")
+            self.down(quiet=True)
+        if not buildmod.is_complete(self.cache):
+            raise ClusterError(
+                "the local cluster's binaries are not built: run `python -m e2e.cluster build` "
+                "(or `make cluster-build`)"
+            )
+        ports = self.layout.ports
+        busy = [p for p in vars(ports).values() if port_in_use(p)]
+        if busy:
+            raise ClusterError(f"ports {busy} on 127.0.0.1 are in use by something else")
+
+        layout = self.layout
+        layout.root.mkdir(parents=True, exist_ok=True)
+        for stale in (layout.etcd_data, layout.pki, layout.root / "pods", layout.prometheus_data):
+            subprocess.run(["rm", "-rf", str(stale)], check=True)
+        pki = self._make_pki()
+        self.cluster_id = str(uuid.uuid4())
+        self.processes = []
+        self._save_state()
+        b = self.cache.binary
+
+        etcd_url = f"http://127.0.0.1:{ports.etcd}"
+        peer_url = f"http://127.0.0.1:{ports.etcd_peer}"
+        self._spawn(
+            "etcd",
+            [
+                str(b("etcd")),
+                "--name=local",
+                f"--data-dir={layout.etcd_data}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=local={peer_url}",
+                # Throw-away data: durability buys nothing and fsync costs seconds.
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+        )
+        p = layout.pki
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(b("kube-apiserver")),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={ports.apiserver}",
+                f"--cert-dir={p}",
+                f"--tls-cert-file={p / 'apiserver.crt'}",
+                f"--tls-private-key-file={p / 'apiserver.key'}",
+                f"--client-ca-file={pki.ca.cert}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-account-issuer={SA_ISSUER}",
+                f"--service-account-key-file={pki.sa_pub}",
+                f"--service-account-signing-key-file={pki.sa_key}",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                "--allow-privileged=true",
+                # The `kubernetes` Service would point at 127.0.0.1, which Endpoints
+                # validation rejects; nothing here reaches the API server through it.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+            ],
+        )
+        self._wait("etcd health", lambda: http_ok(f"{etcd_url}/health"), ["etcd"])
+        self._wait("kube-apiserver /readyz", self._api_ready, ["etcd", "kube-apiserver"])
+        # The controllers start once /readyz is ok: before the RBAC bootstrap policy
+        # exists, the controller-manager cannot read its authentication ConfigMap and exits.
+        for name, extra in (
+            (
+                "kube-controller-manager",
+                [
+                    f"--secure-port={ports.controller_manager}",
+                    f"--service-account-private-key-file={pki.sa_key}",
+                    f"--root-ca-file={pki.ca.cert}",
+                    f"--cluster-signing-cert-file={pki.ca.cert}",
+                    f"--cluster-signing-key-file={pki.ca.key}",
+                    f"--service-cluster-ip-range={SERVICE_CIDR}",
+                    "--use-service-account-credentials=true",
+                    "--profiling=false",
+                ],
+            ),
+            ("kube-scheduler", [f"--secure-port={ports.scheduler}", "--profiling=false"]),
+        ):
+            short = "controller-manager" if name == "kube-controller-manager" else "scheduler"
+            kc = layout.component_kubeconfig(short)
+            self._spawn(
+                name,
+                [
+                    str(b(name)),
+                    f"--kubeconfig={kc}",
+                    f"--authentication-kubeconfig={kc}",
+                    f"--authorization-kubeconfig={kc}",
+                    "--bind-address=127.0.0.1",
+                    "--leader-elect=false",
+                    *extra,
+                ],
+            )
+
+        insecure = insecure_context()
+        self._wait(
+            "kube-controller-manager /healthz",
+            lambda: http_ok(f"https://127.0.0.1:{ports.controller_manager}/healthz", insecure),
+        )
+        self._wait(
+            "kube-scheduler /healthz",
+            lambda: http_ok(f"https://127.0.0.1:{ports.scheduler}/healthz", insecure),
+        )
+        api = Api(layout)
+        self._wait(
+            "the default namespace and service account",
+            lambda: api.get_json("/api/v1/namespaces/default/serviceaccounts/default") is not None,
+        )
+        self._mark_identity(api)
+        if node:
+            self.start_node_agent()
+        self.install_crds()
+        if node:
+            self._wait("the node to be Ready", lambda: node_ready(api))
+        if prometheus:
+            self.start_prometheus()
+        elapsed = time.monotonic() - start
+        say(f"local cluster {versions.KUBERNETES} ready at {layout.server} in {elapsed:.1f}s")
+        say(f"export KUBECONFIG={layout.kubeconfig}")
+        return elapsed
+
+    def _mark_identity(self, api: Api) -> None:
+        """A ConfigMap naming this cluster, which the test fixtures check before running."""
+        ns, name = IDENTITY_CONFIGMAP
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": ns},
+            "data": {"id": self.cluster_id, "server": self.layout.server},
+        }
+        code, text = api.request("POST", f"/api/v1/namespaces/{ns}/configmaps", body)
+        if code not in (200, 201):
+            raise ClusterError(f"cannot create the identity ConfigMap: {code} {text[:300]!r}")
+
+    def kubectl(
+        self, *args: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(self.cache.binary("kubectl")), f"--kubeconfig={self.layout.kubeconfig}", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed:\n{proc.stderr.strip()}")
+        return proc
+
+    def install_crds(self) -> None:
+        """The upstream CRDs from the build cache, applied and waited for."""
+        files = sorted(self.cache.crds.glob("*.yaml"))
+        args: list[str] = []
+        for f in files:
+            args += ["-f", str(f)]
+        self.kubectl("apply", "--server-side", "--field-manager=modelpilot-local-cluster", *args)
+        names = [f"crd/{f.stem}" for f in files]
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+
+    def start_node_agent(self) -> None:
+        """The node agent: registers the node and runs its pods as local processes."""
+        env = dict(os.environ)
+        # The agent and the pods' helpers are modules of this package.
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        self._spawn(
+            "node-agent",
+            [sys.executable, "-m", "e2e.node_agent", f"--cluster-dir={self.layout.root}"],
+            env=env,
+        )
+
+    def start_prometheus(self) -> None:
+        """Prometheus with Kubernetes pod discovery against this cluster; idempotent."""
+        existing = self.process("prometheus")
+        url = f"http://127.0.0.1:{PROMETHEUS_PORT}"
+        if existing is not None and existing.alive():
+            return
+        if existing is not None:
+            self.processes.remove(existing)
+        self.kubectl("apply", "--server-side", "-f", "-", stdin=prometheus_rbac())
+        config = self.layout.root / "prometheus.yml"
+        config.write_text(prometheus_config(self.layout))
+        self.layout.prometheus_data.mkdir(parents=True, exist_ok=True)
+        self._spawn(
+            "prometheus",
+            [
+                str(self.cache.binary("prometheus")),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.layout.prometheus_data}",
+                "--storage.tsdb.retention.time=1d",
+                f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
+                "--web.enable-lifecycle",
+                "--log.level=warn",
+            ],
+        )
+        self._wait("Prometheus /-/ready", lambda: http_ok(f"{url}/-/ready"), ["prometheus"])
+        say(f"Prometheus at {url}")
+
+    def _sweep_pod_processes(self, quiet: bool) -> None:
+        """Kill pod processes an agent left behind (it was killed, or crashed).
+
+        Only processes that carry this cluster's folder in MODELPILOT_CLUSTER_DIR, which
+        the agent sets for every container, are touched.
+        """
+        marker = f"MODELPILOT_CLUSTER_DIR={self.layout.root}".encode()
+        for pid in pod_processes(marker):
+            if not quiet:
+                say(f"killing left-over pod process {pid}")
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+    # stopping ---------------------------------------------------------------------------
+
+    def down(self, quiet: bool = False) -> None:
+        """Stop what ``up`` started, newest first, and remove the cluster's data."""
+        for proc in reversed(self.processes):
+            if proc.alive():
+                if not quiet:
+                    say(f"stopping {proc.name} (pid {proc.pid})")
+                stop_process(proc)
+        self.processes = []
+        self._sweep_pod_processes(quiet)
+        for stale in (self.layout.etcd_data, self.layout.state, self.layout.prometheus_data):
+            subprocess.run(["rm", "-rf", str(stale)], check=True)
+        if not quiet:
+            say(f"local cluster stopped; logs kept in {self.layout.logs}")
+
+    # reporting --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        comps: list[dict[str, Any]] = []
+        total = 0
+        for proc in self.processes:
+            alive = proc.alive()
+            rss = rss_bytes(proc.pid) if alive else 0
+            total += rss
+            comps.append(
+                {
+                    "name": proc.name,
+                    "pid": proc.pid,
+                    "alive": alive,
+                    "rss_bytes": rss,
+                }
+            )
+        return {
+            "kubernetes": versions.KUBERNETES,
+            "server": self.layout.server,
+            "kubeconfig": str(self.layout.kubeconfig),
+            "ready": self.ready(),
+            "components": comps,
+            "rss_bytes": total,
+            "logs": str(self.layout.logs),
+        }
+
+
+def say(msg: str) -> None:
+    print(f">> {msg}", flush=True)
+
+
+def node_ready(api: Api) -> bool:
+    node = api.get_json(f"/api/v1/nodes/{NODE_NAME}")
+    conditions = (node or {}).get("status", {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def pod_processes(marker: bytes) -> list[int]:
+    """Pids whose environment holds ``marker`` (a NAME=value entry)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def prometheus_rbac() -> str:
+    rules = [
+        {
+            "apiGroups": [""],
+            "resources": ["pods", "services", "endpoints", "nodes"],
+            "verbs": ["get", "list", "watch"],
+        },
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["get", "list", "watch"],
+        },
+    ]
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "modelpilot-local-prometheus"},
+        "rules": rules,
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "modelpilot-local-prometheus"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "modelpilot-local-prometheus",
+        },
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": PROMETHEUS_USER}
+        ],
+    }
+    return yaml.safe_dump_all([role, binding])
+
+
+def prometheus_config(layout: Layout) -> str:
+    """Pod discovery with the ``prometheus.io/*`` scrape annotations modelpilot renders."""
+    pki = layout.pki
+    sd = {
+        "role": "pod",
+        "api_server": layout.server,
+        "tls_config": {
+            "ca_file": str(pki / "ca.crt"),
+            "cert_file": str(pki / "prometheus.crt"),
+            "key_file": str(pki / "prometheus.key"),
+        },
+    }
+    ann = "__meta_kubernetes_pod_annotation_prometheus_io_"
+    relabel = [
+        {"source_labels": [f"{ann}scrape"], "action": "keep", "regex": "true"},
+        {"source_labels": ["__meta_kubernetes_pod_phase"], "action": "keep", "regex": "Running"},
+        {"source_labels": [f"{ann}scheme"], "target_label": "__scheme__", "regex": "(https?)"},
+        {"source_labels": [f"{ann}path"], "target_label": "__metrics_path__", "regex": "(.+)"},
+        {
+            "source_labels": ["__address__", f"{ann}port"],
+            "regex": r"([^:]+)(?::\d+)?;(\d+)",
+            "replacement": "$1:$2",
+            "target_label": "__address__",
+        },
+        {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_(.+)"},
+        {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+        {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+    ]
+    config = {
+        # Short intervals: tests and the demo wait for fresh samples.
+        "global": {"scrape_interval": "2s", "scrape_timeout": "1s", "evaluation_interval": "2s"},
+        "scrape_configs": [
+            {
+                "job_name": "kubernetes-pods",
+                "kubernetes_sd_configs": [sd],
+                "relabel_configs": relabel,
+            }
+        ],
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__)
+    parser.add_argument("verb", choices=["build", "up", "down", "status", "env"])
+    parser.add_argument("--json", action="store_true", help="status as JSON")
+    parser.add_argument("--no-node", action="store_true", help="up: no node agent")
+    parser.add_argument("--prometheus", action="store_true", help="up: start Prometheus too")
+    args = parser.parse_args(argv)
+    try:
+        if args.verb == "build":
+            buildmod.build()
+        elif args.verb == "up":
+            buildmod.build()
+            Cluster().up(node=not args.no_node, prometheus=args.prometheus)
+        elif args.verb == "down":
+            Cluster().down()
+        elif args.verb == "env":
+            cluster = Cluster()
+            print(f"export KUBECONFIG={cluster.layout.kubeconfig}")
+            print(f'export PATH="{cluster.cache.bin}:$PATH"')
+        else:
+            st = Cluster().status()
+            if args.json:
+                print(json.dumps(st, indent=2))
+            else:
+                print_status(st)
+            return 0 if st["ready"] else 3
+    except (ClusterError, buildmod.BuildError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_status(st: dict[str, Any]) -> None:
+    state = "ready" if st["ready"] else "not ready"
+    print(f"local cluster {st['kubernetes']} at {st['server']}: {state}")
+    for c in st["components"]:
+        mem = f"{c['rss_bytes'] / 2**20:7.1f} MiB" if c["alive"] else "  stopped"
+        print(f"  {c['name']:<26} pid {c['pid']:<8} {mem}")
+    if st["components"]:
+        print(f"  {'total':<26} {'':<12} {st['rss_bytes'] / 2**20:7.1f} MiB")
+    print(f"kubeconfig: {st['kubeconfig']}\nlogs:       {st['logs']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

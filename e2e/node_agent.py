@@ -1,0 +1,419 @@
+"""The local cluster's node: ``python -m e2e.node_agent`` (started by ``up``).
+
+Owns the Node object and its Lease, the pod address range and the pods bound to the
+node. Like a kubelet it registers the Node (with a fake ``nvidia.com/gpu`` capacity so
+GPU pods schedule), renews its Lease and Ready condition every few seconds, watches the
+pods bound to it and hands each to an :class:`e2e.pods.PodRunner`.
+
+Pod addresses: EndpointSlice validation rejects loopback addresses (127.0.0.0/8), so
+pods get addresses from ``10.244.0.0/24``, which the agent makes local to this machine
+with one ``local`` route on ``lo`` (every address in it can then be bound, and connects
+stay on the machine). Without the privilege to add that route it falls back to
+``127.0.0.N``: pods still run and answer, but Services get no endpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import ipaddress
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from e2e import versions
+from e2e.cluster import Api, Layout
+from e2e.pods import PodRunner, now
+
+NODE_NAME = "modelpilot-local"
+POD_CIDR = "10.244.0.0/24"
+FALLBACK_CIDR = "127.0.0.0/24"
+HEARTBEAT = 10.0
+LEASE_SECONDS = 40
+# Generous, like a large GPU box, so that pods rendered for production shapes schedule.
+CAPACITY = {
+    "cpu": "32",
+    "memory": "128Gi",
+    "pods": "110",
+    "ephemeral-storage": "200Gi",
+    "nvidia.com/gpu": "4",
+}
+SHUTDOWN_GRACE = 5.0
+
+
+def log(msg: str) -> None:
+    print(f"{now()} {msg}", flush=True)
+
+
+def add_local_route(cidr: str) -> bool:
+    """Make every address of ``cidr`` local (bindable, delivered on lo)."""
+    proc = subprocess.run(
+        ["ip", "route", "replace", "local", cidr, "dev", "lo", "table", "local"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        log(f"cannot add a local route for {cidr}: {proc.stderr.strip()}")
+    return proc.returncode == 0
+
+
+def remove_local_route(cidr: str) -> None:
+    subprocess.run(
+        ["ip", "route", "del", "local", cidr, "dev", "lo", "table", "local"],
+        capture_output=True,
+        check=False,
+    )
+
+
+class AddressPool:
+    """Pod addresses; a freed one goes to the back of the queue, so reuse is rare."""
+
+    def __init__(self, cidr: str) -> None:
+        net = ipaddress.ip_network(cidr)
+        hosts = [str(h) for h in net.hosts()]
+        # .1 is the node's own address within the range.
+        self.gateway = hosts[0]
+        self.free = hosts[1:]
+        self.lock = threading.Lock()
+
+    def take(self) -> str:
+        with self.lock:
+            if not self.free:
+                raise RuntimeError("the node ran out of pod addresses")
+            return self.free.pop(0)
+
+    def give_back(self, ip: str) -> None:
+        with self.lock:
+            if ip not in self.free:
+                self.free.append(ip)
+
+
+@dataclass
+class AgentConfig:
+    layout: Layout
+    node_name: str = NODE_NAME
+    cidr: str = POD_CIDR
+
+
+class NodeAgent:
+    """Registers the node, keeps it alive and runs its pods."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.layout = config.layout
+        self.api = Api(self.layout, user="node")
+        self.node = config.node_name
+        self.stop = threading.Event()
+        self.runners: dict[str, PodRunner] = {}
+        self.lock = threading.Lock()
+        self.routed = add_local_route(config.cidr)
+        self.cidr = config.cidr if self.routed else FALLBACK_CIDR
+        self.pool = AddressPool(self.cidr)
+        self.pods_dir = self.layout.root / "pods"
+        self.pods_dir.mkdir(parents=True, exist_ok=True)
+        self.base_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            # In-cluster clients find the API server here (the `kubernetes` Service has
+            # no endpoints: its address would be loopback).
+            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": str(self.layout.ports.apiserver),
+            "MODELPILOT_CLUSTER_DIR": str(self.layout.root),
+        }
+        if os.environ.get("VIRTUAL_ENV"):
+            self.base_env["VIRTUAL_ENV"] = os.environ["VIRTUAL_ENV"]
+
+    # --- node ---------------------------------------------------------------------------
+
+    def _conditions(self) -> list[dict[str, Any]]:
+        stamp = now()
+        message = "modelpilot node agent is posting ready status"
+        if not self.routed:
+            message += f" (pod addresses from {FALLBACK_CIDR}: Services get no endpoints)"
+        conds = [
+            ("Ready", "True", "KubeletReady", message),
+            ("MemoryPressure", "False", "KubeletHasSufficientMemory", "enough memory"),
+            ("DiskPressure", "False", "KubeletHasNoDiskPressure", "enough disk"),
+            ("PIDPressure", "False", "KubeletHasSufficientPID", "enough PIDs"),
+        ]
+        return [
+            {
+                "type": t,
+                "status": s,
+                "reason": r,
+                "message": m,
+                "lastHeartbeatTime": stamp,
+                "lastTransitionTime": self.started,
+            }
+            for t, s, r, m in conds
+        ]
+
+    def _node_status(self) -> dict[str, Any]:
+        return {
+            "capacity": CAPACITY,
+            "allocatable": CAPACITY,
+            "conditions": self._conditions(),
+            "addresses": [
+                {"type": "InternalIP", "address": self.pool.gateway},
+                {"type": "Hostname", "address": self.node},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "nodeInfo": {
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+                "kernelVersion": platform.release(),
+                "osImage": "modelpilot local node",
+                "containerRuntimeVersion": "process://local",
+                "kubeletVersion": versions.KUBERNETES,
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+            },
+        }
+
+    def register(self) -> None:
+        self.started = now()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.node,
+                "labels": {
+                    "kubernetes.io/hostname": self.node,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "node.kubernetes.io/instance-type": "modelpilot-local",
+                    "nvidia.com/gpu.present": "true",
+                },
+            },
+            "spec": {"podCIDR": self.cidr, "podCIDRs": [self.cidr]},
+            "status": self._node_status(),
+        }
+        code, raw = self.api.request("POST", "/api/v1/nodes", body)
+        if code not in (201, 409):
+            raise RuntimeError(f"cannot register node {self.node}: {code} {raw[:300]!r}")
+        self.heartbeat()
+        log(f"node {self.node} registered; pod addresses from {self.cidr}")
+
+    def heartbeat(self) -> None:
+        status = {"status": self._node_status()}
+        code, raw = self.api.request(
+            "PATCH",
+            f"/api/v1/nodes/{self.node}/status",
+            status,
+            content_type="application/strategic-merge-patch+json",
+        )
+        if code != 200:
+            log(f"node status update failed: {code} {raw[:200]!r}")
+        self._renew_lease()
+
+    def _renew_lease(self) -> None:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.node}"
+        stamp = datetime_micro()
+        lease = self.api.get_json(path)
+        spec = {
+            "holderIdentity": self.node,
+            "leaseDurationSeconds": LEASE_SECONDS,
+            "renewTime": stamp,
+        }
+        if lease is None:
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {
+                    "name": self.node,
+                    "namespace": "kube-node-lease",
+                    "ownerReferences": [
+                        {"apiVersion": "v1", "kind": "Node", "name": self.node,
+                         "uid": self._node_uid()}
+                    ],
+                },
+                "spec": spec,
+            }  # fmt: skip
+            self.api.request(
+                "POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", body
+            )
+        else:
+            lease["spec"].update(spec)
+            self.api.request("PUT", path, lease)
+
+    def _node_uid(self) -> str:
+        node = self.api.get_json(f"/api/v1/nodes/{self.node}")
+        return str((node or {}).get("metadata", {}).get("uid", ""))
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stop.wait(HEARTBEAT):
+            try:
+                self.heartbeat()
+            except (OSError, urllib.error.URLError) as err:
+                log(f"heartbeat failed: {err}")
+
+    # --- pods ---------------------------------------------------------------------------
+
+    def _event(self, pod: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        meta = pod["metadata"]
+        stamp = now()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message,
+            "source": {"component": "kubelet", "host": self.node},
+            "reportingComponent": "modelpilot-node-agent",
+            "reportingInstance": self.node,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            self.api.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body)
+        log(f"{meta['namespace']}/{meta['name']}: {reason}: {message}")
+
+    def _runner_exited(self, runner: PodRunner) -> None:
+        with self.lock:
+            if self.runners.get(runner.uid) is runner:
+                del self.runners[runner.uid]
+        self.pool.give_back(runner.ip)
+        runner.cleanup()
+
+    def _sync_pod(self, pod: dict[str, Any], deleted: bool = False) -> None:
+        uid = str(pod["metadata"]["uid"])
+        with self.lock:
+            runner = self.runners.get(uid)
+        if deleted:
+            if runner is not None:
+                grace = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
+                runner.terminate(min(grace, SHUTDOWN_GRACE), delete_object=False)
+            return
+        if runner is not None:
+            runner.update(pod)
+            return
+        phase = pod.get("status", {}).get("phase")
+        if pod["metadata"].get("deletionTimestamp"):
+            # Deleted before (or while the agent was not) running it: nothing to stop.
+            self.api.request(
+                "DELETE",
+                f"/api/v1/namespaces/{pod['metadata']['namespace']}/pods/{pod['metadata']['name']}",
+                {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}},
+            )
+            return
+        if phase in ("Succeeded", "Failed"):
+            return
+        runner = PodRunner(
+            self.api,
+            pod,
+            self.pool.take(),
+            self.pool.gateway,
+            self.pods_dir,
+            self.base_env,
+            CAPACITY,
+            self._runner_exited,
+            self._event,
+        )
+        with self.lock:
+            self.runners[uid] = runner
+        log(f"starting pod {pod['metadata']['namespace']}/{pod['metadata']['name']} at {runner.ip}")
+        runner.start()
+
+    def _watch_loop(self) -> None:
+        selector = urllib.parse.quote(f"spec.nodeName={self.node}")
+        while not self.stop.is_set():
+            try:
+                listing = self.api.get_json(f"/api/v1/pods?fieldSelector={selector}")
+                if listing is None:
+                    raise OSError("cannot list pods")
+                seen = set()
+                for pod in listing.get("items") or []:
+                    seen.add(str(pod["metadata"]["uid"]))
+                    self._sync_pod(pod)
+                with self.lock:
+                    gone = [r for uid, r in self.runners.items() if uid not in seen]
+                for runner in gone:
+                    runner.terminate(SHUTDOWN_GRACE, delete_object=False)
+                rv = listing["metadata"]["resourceVersion"]
+                path = (
+                    f"/api/v1/pods?fieldSelector={selector}&watch=1&resourceVersion={rv}"
+                    "&allowWatchBookmarks=true&timeoutSeconds=60"
+                )
+                for event in self.api.watch(path, timeout=90):
+                    if self.stop.is_set():
+                        return
+                    kind = event.get("type")
+                    obj = event.get("object") or {}
+                    if kind == "ERROR":
+                        break  # e.g. 410 Gone: list again
+                    if kind in ("ADDED", "MODIFIED"):
+                        self._sync_pod(obj)
+                    elif kind == "DELETED":
+                        self._sync_pod(obj, deleted=True)
+            except (OSError, urllib.error.URLError, ValueError) as err:
+                log(f"pod watch interrupted: {err}")
+                self.stop.wait(1)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.register()
+        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        threading.Thread(target=self._watch_loop, name="watch", daemon=True).start()
+        self.stop.wait()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop every pod's processes (the node is going away with the cluster)."""
+        with self.lock:
+            runners = list(self.runners.values())
+        log(f"stopping {len(runners)} pods")
+        for runner in runners:
+            runner.terminate(SHUTDOWN_GRACE, delete_object=False)
+        for runner in runners:
+            runner.join(SHUTDOWN_GRACE + 5)
+        if self.routed:
+            remove_local_route(self.config.cidr)
+        log("node agent stopped")
+
+
+def datetime_micro() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m e2e.node_agent", description=__doc__)
+    parser.add_argument("--cluster-dir", type=Path, required=True)
+    parser.add_argument("--node-name", default=NODE_NAME)
+    args = parser.parse_args(argv)
+    agent = NodeAgent(AgentConfig(Layout(root=args.cluster_dir), node_name=args.node_name))
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        del signum, frame
+        agent.stop.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    agent.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
