@@ -24,11 +24,13 @@ SHARED_PROGRAMS = ("sh", "bash", "cat", "cp", "echo", "false", "ls", "mkdir", "s
 
 @dataclass(frozen=True)
 class Image:
-    """A mapped image: its entrypoint and the programs it carries, by name."""
+    """A mapped image: its entrypoint, the programs it carries by name, and environment
+    defaults (``$(POD_IP)`` is the pod's address) that the pod's own env overrides."""
 
     repository: str
     entrypoint: tuple[str, ...]
     programs: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def _python_programs() -> dict[str, str]:
@@ -57,6 +59,10 @@ def known_images() -> dict[str, Image]:
             "modelpilot/runtime",
             (runtime,),
             {**_python_programs(), "modelpilot-runtime": runtime},
+            # Every runtime flag reads MODELPILOT_<FLAG>: listen on the pod's address
+            # (its HTTP server binds through uvloop and gRPC through C, which the
+            # Python-level bind rewrite of e2e/podsite does not reach).
+            {"MODELPILOT_HOST": "$(POD_IP)"},
         )
     return images
 

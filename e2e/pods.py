@@ -480,14 +480,16 @@ class PodRunner(threading.Thread):
                     f'exec: "{command[0]}": not found in image {image.repository} '
                     f"(it carries {', '.join(sorted(image.programs)) or 'nothing'})"
                 )
-            argv = [program, *(self.mounts.rewrite(a) for a in [*command[1:], *args])]
+            argv = [program, *(self.rewrite(a) for a in [*command[1:], *args])]
         else:
             # The image's entrypoint names paths on this machine: only the pod's args
             # may name mounted paths.
-            argv = [*image.entrypoint, *(self.mounts.rewrite(a) for a in args)]
+            argv = [*image.entrypoint, *(self.rewrite(a) for a in args)]
         # Values the pod set may name mounted paths; the agent's own values do not.
         own = self._own_env()
-        env = {k: v if own.get(k) == v else self.mounts.rewrite(v) for k, v in env.items()}
+        env = {k: v if own.get(k) == v else self.rewrite(v) for k, v in env.items()}
+        for key, value in image.env.items():
+            env.setdefault(key, value.replace("$(POD_IP)", self.ip))
         workdir = spec.get("workingDir")
         cwd = self.mounts.path(str(workdir)) if workdir else str(self.dir / "home")
         if not Path(cwd).is_dir():
@@ -496,6 +498,20 @@ class PodRunner(threading.Thread):
             if str(mount.get("mountPath")) == "/var/run/secrets/kubernetes.io/serviceaccount":
                 env["MODELPILOT_SERVICEACCOUNT_DIR"] = self.mounts.path(str(mount["mountPath"]))
         return argv, env, cwd
+
+    def rewrite(self, value: str) -> str:
+        """A value the pod spec gave, as this machine needs it.
+
+        Mounted paths become their local folders. The unspecified address 0.0.0.0 (a
+        whole value or after ``=``) becomes the pod IP: in a pod it means the pod's own
+        network namespace, and here all pods share the machine's.
+        """
+        value = self.mounts.rewrite(value)
+        if value == "0.0.0.0":
+            return self.ip
+        if value.endswith("=0.0.0.0"):
+            return value[: -len("0.0.0.0")] + self.ip
+        return value
 
     def _field(self, path: str) -> str:
         meta = self.pod["metadata"]

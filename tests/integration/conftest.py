@@ -13,14 +13,9 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-# The e2e package lives at the repository root, beside tests/.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from e2e import build as buildmod
 from e2e.cluster import Cluster
@@ -30,11 +25,11 @@ from e2e.kube import LocalCluster, NotLocalClusterError, verify_local, wait_for
 @pytest.fixture(scope="session")
 def local_cluster() -> Iterator[LocalCluster]:
     cluster = Cluster()
-    started = False
-    if not cluster.ready():
+    started = not cluster.ready()
+    if started:
         buildmod.build()
-        cluster.up()
-        started = True
+    # Idempotent: on a running cluster it only starts a missing node agent.
+    cluster.up()
     try:
         verify_local(cluster)
     except NotLocalClusterError as err:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from e2e import versions
 from e2e.cluster import Api
 from e2e.kube import LocalCluster, NotLocalClusterError, verify_local, wait_for

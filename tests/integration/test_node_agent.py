@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from e2e.cluster import NODE_NAME, PROMETHEUS_PORT, pod_processes
 from e2e.kube import LocalCluster, wait_for
 
@@ -160,7 +161,8 @@ def test_pod_gets_env_volumes_init_containers_and_its_own_address(
                     env=[
                         env_from("TOKEN", secretKeyRef={"name": "token", "key": "token"}),
                         env_from("MY_IP", fieldRef={"fieldPath": "status.podIP"}),
-                        env_from("MEM", resourceFieldRef={"resource": "limits.memory", "divisor": "1Mi"}),
+                        env_from("MEM", resourceFieldRef={"resource": "limits.memory",
+                                                          "divisor": "1Mi"}),
                     ],
                     resources={"limits": {"nvidia.com/gpu": "1", "memory": "1Gi"}},
                 )
