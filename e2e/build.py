@@ -16,6 +16,7 @@ at build time, under the cache, and builds through them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -276,6 +277,7 @@ class GoEnv:
                     count += 1
             rc = proc.wait()
         finally:
+            proc.stdout.close()
             done.set()
             thread.join()
             self.log.flush()
@@ -600,13 +602,34 @@ def human(n: int) -> str:
 def build(paths: CachePaths | None = None) -> CachePaths:
     """Build whatever is missing from the cache; builds nothing when all is cached."""
     paths = paths or default_paths()
-    steps = [
+    steps: list[tuple[str, list[Path], Callable[[GoEnv], None]]] = [
         ("etcd", [paths.binary("etcd")], build_etcd),
         ("helm", [paths.binary("helm")], build_helm),
         ("kubernetes", [paths.binary(c) for c in KUBE_COMMANDS], build_kubernetes),
         ("crds", [paths.crds], fetch_crds),
         ("prometheus", [paths.binary("prometheus")], build_prometheus),
     ]
+    paths.k8s.mkdir(parents=True, exist_ok=True)
+    with (paths.k8s / ".lock").open("w") as lock:
+        # One build at a time per cache: a second `build` (another checkout, a test
+        # session) waits here and then finds the parts the first one built.
+        if not _try_lock(lock):
+            say(f"another build of {paths.k8s} is running: waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(paths, steps)
+
+
+def _try_lock(lock: TextIO) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _build_locked(
+    paths: CachePaths, steps: list[tuple[str, list[Path], Callable[[GoEnv], None]]]
+) -> CachePaths:
     todo = [s for s in steps if not part_is_cached(paths, s[0], s[1])]
     if not todo:
         say(f"local cluster {versions.KUBERNETES}: everything cached in {paths.k8s}")

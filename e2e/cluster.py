@@ -45,6 +45,7 @@ SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 IDENTITY_CONFIGMAP = ("kube-system", "modelpilot-local-cluster")
 START_TIMEOUT = 120.0
 STOP_GRACE = 10.0
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 
 
 class ClusterError(RuntimeError):
@@ -353,6 +354,8 @@ class Cluster:
         start = proc_start_time(popen.pid)
         if start is None:
             raise ClusterError(f"{name} exited at once:\n{log_tail(self.layout.log(name))}")
+        # A component started again replaces its dead predecessor in the state.
+        self.processes = [p for p in self.processes if p.name != name]
         self.processes.append(Process(name, popen.pid, start))
         self._save_state()
 
@@ -424,7 +427,10 @@ class Cluster:
         return pki
 
     def running(self) -> bool:
-        return bool(self.processes) and all(p.alive() for p in self.processes)
+        """The control plane's processes all run (the node agent and Prometheus are
+        extras that ``up`` restarts on their own)."""
+        core = [p for p in self.processes if p.name in CONTROL_PLANE]
+        return len(core) == len(CONTROL_PLANE) and all(p.alive() for p in core)
 
     def ready(self) -> bool:
         """Every component started by ``up`` runs and the API server is ready."""
@@ -456,8 +462,10 @@ class Cluster:
         start = time.monotonic()
         if self.ready():
             say(f"local cluster already running at {self.layout.server}")
-            if node and self.process("node-agent") is None:
+            agent = self.process("node-agent")
+            if node and (agent is None or not agent.alive()):
                 self.start_node_agent()
+                self._wait("the node to be Ready", lambda: node_ready(Api(self.layout)))
             if prometheus:
                 self.start_prometheus()
             return 0.0
@@ -646,8 +654,6 @@ class Cluster:
         url = f"http://127.0.0.1:{PROMETHEUS_PORT}"
         if existing is not None and existing.alive():
             return
-        if existing is not None:
-            self.processes.remove(existing)
         self.kubectl("apply", "--server-side", "-f", "-", stdin=prometheus_rbac())
         config = self.layout.root / "prometheus.yml"
         config.write_text(prometheus_config(self.layout))
