@@ -12,6 +12,7 @@ the pods' status, which is where the operator learns of it).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,11 +74,16 @@ def cluster_role(name: str = ROLE_NAME) -> dict[str, Any]:
     }
 
 
+def _plain(obj: Any) -> Any:
+    """A deep copy without shared lists, so YAML is written without anchors and aliases."""
+    return json.loads(json.dumps(obj))
+
+
 def rendered() -> dict[Path, str]:
     """Every generated file, by path relative to the repository root."""
     return {
-        ROLE_PATH: _HEADER + yaml.safe_dump(cluster_role(), sort_keys=False),
-        CHART_RULES_PATH: _HEADER + yaml.safe_dump(RULES, sort_keys=False),
+        ROLE_PATH: _HEADER + yaml.safe_dump(_plain(cluster_role()), sort_keys=False),
+        CHART_RULES_PATH: _HEADER + yaml.safe_dump(_plain(RULES), sort_keys=False),
     }
 
 
