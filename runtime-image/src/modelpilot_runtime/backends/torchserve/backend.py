@@ -407,7 +407,12 @@ class TorchServeBackend:
             # PredictionException(message, code) in a handler: the client's mistake, with
             # the handler's own words.
             return BadRequestError(f"{where}: {message}", status)
-        if message == "Prediction failed":
+        if message.startswith("Worker died"):
+            message = (
+                "the TorchServe worker died: the handler crashed, or ran past "
+                f"response_timeout_s ({self.settings.response_timeout_s} s) and was stopped"
+            )
+        elif message == "Prediction failed":
             message = "the handler raised an exception (its traceback is in TorchServe's model log)"
         return BackendError(f"{where}: {message} ({status})")
 
