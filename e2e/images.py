@@ -64,6 +64,14 @@ def known_images() -> dict[str, Image]:
             # Python-level bind rewrite of e2e/podsite does not reach).
             {"MODELPILOT_HOST": "$(POD_IP)"},
         )
+    operator = _console_script("modelpilot")
+    if operator is not None:
+        # The chart's operator image: its entrypoint is the `modelpilot` command.
+        images["modelpilot/operator"] = Image(
+            "modelpilot/operator",
+            (operator,),
+            {**_python_programs(), "modelpilot": operator},
+        )
     return images
 
 
