@@ -454,9 +454,15 @@ class PodRunner(threading.Thread):
             if c.proc is not None:
                 self._kill(c, 0)
                 c.done = True
-        self.phase = self.phase if self.phase in ("Succeeded", "Failed") else "Failed"
-        if self.delete_object:
-            self.phase = "Succeeded" if self.phase == "Succeeded" else self.phase
+        if self.phase not in ("Succeeded", "Failed"):
+            # A deleted pod ends in a terminal phase, as on a kubelet: Succeeded only if
+            # every container exited 0 on SIGTERM.
+            codes = [
+                c.state.get("terminated", {}).get("exitCode", 1)
+                for c in self.containers
+                if "terminated" in c.state
+            ]
+            self.phase = "Succeeded" if codes and not any(codes) else "Failed"
 
     # --- container definition ----------------------------------------------------------
 
