@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -308,6 +309,7 @@ class Cluster:
         self.cache = cache or buildmod.default_paths()
         self.processes: list[Process] = []
         self.cluster_id = ""
+        self._up_started: float | None = None  # set while `up` runs, for its progress lines
         self._load_state()
 
     # state ------------------------------------------------------------------------------
@@ -316,7 +318,7 @@ class Cluster:
         try:
             data = json.loads(self.layout.state.read_text())
         except (OSError, ValueError):
-            return
+            data = {}
         self.processes = [Process.from_json(p) for p in data.get("processes", [])]
         self.cluster_id = str(data.get("cluster_id", ""))
 
@@ -378,6 +380,8 @@ class Cluster:
                         f"{self.layout.log(proc.name)}:\n{log_tail(self.layout.log(proc.name))}"
                     )
             if check():
+                if self._up_started is not None:
+                    say(f"   {what}: ok at {time.monotonic() - self._up_started:.1f}s")
                 return
             if time.monotonic() > deadline:
                 logs = "\n".join(
@@ -445,15 +449,33 @@ class Cluster:
             return False
         return code == 200 and body.strip() == b"ok"
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One ``up`` or ``down`` at a time (two test sessions may start together)."""
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        with (self.layout.root / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            # Whoever held the lock may have changed the state: read it again.
+            self._load_state()
+            yield
+
     def up(self, node: bool = True, prometheus: bool = False) -> float:
-        try:
-            return self._up(node, prometheus)
-        except BaseException:
-            # Leave nothing half-started behind; the logs stay for the error report.
-            self.down(quiet=True)
-            raise
+        with self._locked():
+            try:
+                return self._up(node, prometheus)
+            except BaseException:
+                # Leave nothing half-started behind; the logs stay for the error report.
+                self._down(quiet=True)
+                raise
 
     def _up(self, node: bool, prometheus: bool) -> float:
+        self._up_started = time.monotonic()
+        try:
+            return self._start_all(node, prometheus)
+        finally:
+            self._up_started = None
+
+    def _start_all(self, node: bool, prometheus: bool) -> float:
         """Start every component and wait until the cluster is usable; returns seconds.
 
         ``node`` starts the node agent (pods run as local processes); ``prometheus``
@@ -471,7 +493,7 @@ class Cluster:
             return 0.0
         if self.processes:
             say("a previous cluster is partly running: stopping it first")
-            self.down(quiet=True)
+            self._down(quiet=True)
         if not buildmod.is_complete(self.cache):
             raise ClusterError(
                 "the local cluster's binaries are not built: run `python -m e2e.cluster build` "
@@ -571,6 +593,11 @@ class Cluster:
                 ],
             )
 
+        # Neither needs the controllers: both overlap with their start-up.
+        if node:
+            self.start_node_agent()
+        crds = self._start_crd_install()
+
         insecure = insecure_context()
         self._wait(
             "kube-controller-manager /healthz",
@@ -586,9 +613,7 @@ class Cluster:
             lambda: api.get_json("/api/v1/namespaces/default/serviceaccounts/default") is not None,
         )
         self._mark_identity(api)
-        if node:
-            self.start_node_agent()
-        self.install_crds()
+        self._finish_crd_install(crds)
         if node:
             self._wait("the node to be Ready", lambda: node_ready(api))
         if prometheus:
@@ -625,15 +650,32 @@ class Cluster:
             raise ClusterError(f"kubectl {' '.join(args)} failed:\n{proc.stderr.strip()}")
         return proc
 
-    def install_crds(self) -> None:
-        """The upstream CRDs from the build cache, applied and waited for."""
-        files = sorted(self.cache.crds.glob("*.yaml"))
+    def _start_crd_install(self) -> subprocess.Popen[str]:
+        """Apply the upstream CRDs from the build cache, in the background."""
         args: list[str] = []
-        for f in files:
+        for f in sorted(self.cache.crds.glob("*.yaml")):
             args += ["-f", str(f)]
-        self.kubectl("apply", "--server-side", "--field-manager=modelpilot-local-cluster", *args)
-        names = [f"crd/{f.stem}" for f in files]
+        return subprocess.Popen(
+            [
+                str(self.cache.binary("kubectl")),
+                f"--kubeconfig={self.layout.kubeconfig}",
+                "apply",
+                "--server-side",
+                "--field-manager=modelpilot-local-cluster",
+                *args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def _finish_crd_install(self, proc: subprocess.Popen[str]) -> None:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise ClusterError(f"applying the upstream CRDs failed:\n{err.strip()}")
+        names = [f"crd/{f.stem}" for f in sorted(self.cache.crds.glob("*.yaml"))]
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+        say(f"   {len(names)} upstream CRDs established")
 
     def start_node_agent(self) -> None:
         """The node agent: registers the node and runs its pods as local processes."""
@@ -690,6 +732,10 @@ class Cluster:
 
     def down(self, quiet: bool = False) -> None:
         """Stop what ``up`` started, newest first, and remove the cluster's data."""
+        with self._locked():
+            self._down(quiet)
+
+    def _down(self, quiet: bool) -> None:
         for proc in reversed(self.processes):
             if proc.alive():
                 if not quiet:
