@@ -42,6 +42,8 @@ SERVICE_CIDR = "10.0.0.0/24"
 NODE_NAME = "modelpilot-local"
 PROMETHEUS_PORT = 19090
 PROMETHEUS_USER = "modelpilot:prometheus"
+# Set by the node agent in every container's environment, to the cluster's folder.
+POD_MARKER = "MODELPILOT_LOCAL_CLUSTER_POD"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 IDENTITY_CONFIGMAP = ("kube-system", "modelpilot-local-cluster")
 START_TIMEOUT = 120.0
@@ -718,10 +720,10 @@ class Cluster:
     def _sweep_pod_processes(self, quiet: bool) -> None:
         """Kill pod processes an agent left behind (it was killed, or crashed).
 
-        Only processes that carry this cluster's folder in MODELPILOT_CLUSTER_DIR, which
-        the agent sets for every container, are touched.
+        Only processes whose environment names this cluster's folder in POD_MARKER, which
+        only the agent sets (for every container), are touched.
         """
-        marker = f"MODELPILOT_CLUSTER_DIR={self.layout.root}".encode()
+        marker = f"{POD_MARKER}={self.layout.root}".encode()
         for pid in pod_processes(marker):
             if not quiet:
                 say(f"killing left-over pod process {pid}")
@@ -786,11 +788,27 @@ def node_ready(api: Api) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
+def ancestors() -> set[int]:
+    """This process and its parents: never candidates for a sweep."""
+    pids = set()
+    pid = os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return pids
+
+
 def pod_processes(marker: bytes) -> list[int]:
-    """Pids whose environment holds ``marker`` (a NAME=value entry)."""
+    """Pids whose environment holds ``marker`` (a NAME=value entry), except this
+    process and its ancestors."""
     found = []
+    skip = ancestors()
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) in skip:
             continue
         try:
             environ = (entry / "environ").read_bytes()

@@ -31,7 +31,7 @@ from types import FrameType
 from typing import Any
 
 from e2e import versions
-from e2e.cluster import Api, Layout
+from e2e.cluster import POD_MARKER, Api, Layout
 from e2e.pods import PodRunner, now
 
 NODE_NAME = "modelpilot-local"
@@ -105,7 +105,8 @@ class NodeAgent:
             # no endpoints: its address would be loopback).
             "KUBERNETES_SERVICE_HOST": "127.0.0.1",
             "KUBERNETES_SERVICE_PORT": str(self.layout.ports.apiserver),
-            "MODELPILOT_CLUSTER_DIR": str(self.layout.root),
+            # Marks every container process as this cluster's, for `down`'s last sweep.
+            POD_MARKER: str(self.layout.root),
         }
         if os.environ.get("VIRTUAL_ENV"):
             self.base_env["VIRTUAL_ENV"] = os.environ["VIRTUAL_ENV"]

@@ -1,7 +1,7 @@
 """Fixtures of the integration tier: the local cluster, one namespace per test.
 
-The cluster is session-scoped: a running local cluster is reused, otherwise it is built
-(if needed) and started here, and stopped again at the end unless
+The cluster is session-scoped: a running local cluster is reused, otherwise it is started
+here (from binaries ``make cluster-build`` made) and stopped again at the end unless
 ``MODELPILOT_KEEP_CLUSTER=1``. Every test talks to it only through its own kubeconfig,
 after :func:`e2e.kube.verify_local` has checked that it is this machine's local cluster;
 the ambient ``KUBECONFIG`` is replaced for the whole session, so that nothing a test
@@ -17,8 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from e2e import build as buildmod
-from e2e.cluster import Cluster
+from e2e.cluster import Cluster, ClusterError
 from e2e.kube import LocalCluster, NotLocalClusterError, verify_local, wait_for
 
 
@@ -26,10 +25,13 @@ from e2e.kube import LocalCluster, NotLocalClusterError, verify_local, wait_for
 def local_cluster() -> Iterator[LocalCluster]:
     cluster = Cluster()
     started = not cluster.ready()
-    if started:
-        buildmod.build()
-    # Idempotent: on a running cluster it only starts a missing node agent.
-    cluster.up()
+    # The binaries are built beforehand (`make integration` runs `make cluster-build`):
+    # a cold build takes far longer than a test's timeout. Without them, `up` says so.
+    # On a running cluster, `up` only starts a missing node agent.
+    try:
+        cluster.up()
+    except ClusterError as err:
+        pytest.exit(f"the local cluster cannot start: {err}", returncode=4)
     try:
         verify_local(cluster)
     except NotLocalClusterError as err:
