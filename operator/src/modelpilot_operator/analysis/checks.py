@@ -38,6 +38,7 @@ from ..api.v1alpha1 import (
     CheckResult,
     Rollout,
     format_duration,
+    parse_duration,
     render_query,
 )
 from ..api.v1alpha1.status import Verdict
@@ -70,8 +71,22 @@ class _Ctx:
         return self.rollout.analysis.min_samples
 
     @property
+    def look(self) -> int:
+        """Which look at the accumulating evidence this is (1 for the first interval)."""
+        interval = parse_duration(self.rollout.analysis.interval)
+        return max(1, round(self.window.cumulative_seconds / interval))
+
+    @property
     def alpha(self) -> float:
-        return self.rollout.analysis.significance
+        """The level of this look: ``significance / look``.
+
+        The evidence accumulates, so the same test is repeated on growing data; without a
+        correction the chance of a false alarm somewhere in a rollout grows with every
+        interval. Spending ``significance / k`` on look k keeps the repeated tests from
+        firing on noise as the rollout goes on, while the early looks, where a bad candidate
+        is caught soonest, keep most of their power.
+        """
+        return self.rollout.analysis.significance / self.look
 
     def evidence(self) -> str:
         return (

@@ -15,6 +15,7 @@ from .. import __version__
 from ..api.v1alpha1 import KIND, ModelDeployment
 from ..crdgen import render_crd
 from . import operator as operator_cli
+from . import rollout as rollout_verbs
 
 
 def _validate(paths: Sequence[Path], show_defaults: bool) -> int:
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--show-defaults", action="store_true", help="print them with defaults")
     sub.add_parser("crd", help="print the ModelDeployment CRD")
     operator_cli.add_parser(sub)
+    rollout_verbs.add_parsers(sub)
     return parser
 
 
@@ -63,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "operator":
         return operator_cli.run(args)
+    if args.command in ("status", *rollout_verbs.ACTIONS):
+        return rollout_verbs.run(args)
     return 2
 
 
