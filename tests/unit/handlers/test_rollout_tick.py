@@ -1,0 +1,60 @@
+"""The rollout handler's tick against an in-memory API server and a stand-in Prometheus."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from modelpilot_operator.handlers.rollout import rollout_tick
+from modelpilot_operator.k8s.kinds import Kind, kind_of
+from modelpilot_operator.rollout import Event
+from tests.fakeprom import FakePrometheus, VersionData
+from tests.unit.rollout.harness import T0, make_spec
+
+
+class MemoryApi:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+        self.status_writes: list[dict[str, Any]] = []
+
+    def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return self.objects.get((kind.kind, namespace, name))
+
+    def apply(self, obj: dict[str, Any], *, manager: str = "", force: bool = True) -> Any:
+        meta = obj["metadata"]
+        self.objects[(kind_of(obj).kind, meta.get("namespace"), meta["name"])] = obj
+        return obj
+
+    def apply_status(self, obj: dict[str, Any], *, manager: str = "", force: bool = True) -> Any:
+        self.status_writes.append(obj)
+        return obj
+
+
+def test_ticks_walk_a_canary_to_promotion_through_the_route() -> None:
+    spec = make_spec(
+        steps=[{"weight": 20}],
+        analysis={"minSamples": 10, "checks": [{"name": "errors", "builtin": "errorRate"}]},
+    )
+    body: dict[str, Any] = {
+        "apiVersion": "modelpilot.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "fraud", "namespace": "ml", "generation": 1, "uid": "u1"},
+        "spec": spec.to_wire(),
+        "status": {"versions": [{"name": "v1", "ready": True}, {"name": "v2", "ready": True}]},
+    }
+    api = MemoryApi()
+    fake = FakePrometheus(lambda v, at, s: VersionData(codes={"200": 1000.0}))
+    events: list[Event] = []
+    now = T0
+    for _ in range(40):
+        d = rollout_tick(api, body, fake.source(), now, events.append)
+        body["status"] = {**body["status"], **api.status_writes[-1]["status"]}
+        now += timedelta(seconds=10)
+        if d.status.phase == "Promoted":
+            break
+    assert d.status.phase == "Promoted"
+    assert {k: v for k, v in body["status"]["weights"].items() if v} == {"v2": 100}
+    reasons = [e.reason for e in events]
+    assert "StepStarted" in reasons
+    assert "AnalysisPassed" in reasons
+    assert any("modelpilot_inference_requests_total" in q for q in fake.queries)
