@@ -29,6 +29,18 @@ class MemoryApi:
         self.status_writes.append(obj)
         return obj
 
+    def list(self, kind: Kind, namespace: str | None, label_selector: str = "") -> Any:
+        return [o for (k, ns, _), o in self.objects.items() if k == kind.kind and ns == namespace]
+
+    def delete(self, kind: Kind, namespace: str | None, name: str) -> bool:
+        return self.objects.pop((kind.kind, namespace, name), None) is not None
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.apply(obj)  # type: ignore[no-any-return]
+
+    def served_kinds(self, api_version: str) -> set[str]:
+        return set()
+
 
 def test_ticks_walk_a_canary_to_promotion_through_the_route() -> None:
     spec = make_spec(

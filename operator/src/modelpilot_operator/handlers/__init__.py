@@ -5,6 +5,6 @@ handler module below; settings come from ``MODELPILOT_*`` variables (see
 :mod:`modelpilot_operator.settings`).
 """
 
-from . import modeldeployment, startup
+from . import modeldeployment, rollout, startup
 
-__all__ = ["modeldeployment", "startup"]
+__all__ = ["modeldeployment", "rollout", "startup"]

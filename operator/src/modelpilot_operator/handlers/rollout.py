@@ -23,12 +23,14 @@ from ..analysis import (
     analyze,
 )
 from ..api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeployment, ModelDeploymentStatus
-from ..k8s.client import ApiServer, KubeApi
+from ..k8s.client import KubeApi
 from ..k8s.routes import apply_weights, read_traffic
 from ..rollout import Decision, Event, Observations, analysis_due, reconcile
 from .rollout_metrics import record_decision
+from .state import reconciler
 
 EmitEvent = Callable[[Event], None]
+ENGINE_CONDITIONS = ("Promoted", "RolledBack")
 
 _STATUS_KEYS = (
     "phase", "message", "stable", "candidate", "candidateRevision", "candidateWeight",
@@ -79,6 +81,10 @@ def rollout_tick(
     decision = reconcile(md.spec, status, obs, now)
     wire = decision.status.to_wire()
     patch = {k: wire.get(k) for k in _STATUS_KEYS}
+    # Ready, Progressing and Degraded belong to the reconciler's status writer.
+    patch["conditions"] = [
+        c for c in wire.get("conditions", []) if c.get("type") in ENGINE_CONDITIONS
+    ]
     api.apply_status(
         {
             "apiVersion": md.api_version,
@@ -102,7 +108,7 @@ _source: MetricSource | None = None
 def _clients() -> tuple[KubeApi, MetricSource]:
     global _api, _source
     if _api is None:
-        _api = ApiServer.from_environment()
+        _api = reconciler().api
     if _source is None:
         settings = PrometheusSettings.from_env(os.environ)
         _source = PrometheusSource(PrometheusClient(settings))
