@@ -78,13 +78,14 @@ def _drive(rollout: dict[str, object], plan: list[Move], with_actions: bool) -> 
             assert d.mirror_percent == 0
 
         # Count accepted passing intervals per step (a new record at the same step).
+        # Count accepted passing intervals per step (the record names its step; the step
+        # may advance in the same tick).
         if (
             after.last_analysis_at != before.last_analysis_at
             and after.analysis
             and after.analysis[-1].verdict == "pass"
-            and after.step == before.step
         ):
-            step = after.step or 0
+            step = after.analysis[-1].step or 0
             passes_per_step[step] = passes_per_step.get(step, 0) + 1
         restarted = after.phase == "Progressing" and after.step == 0
         if restarted and before.phase in ("RolledBack", "Failed", "Pending"):
