@@ -106,6 +106,9 @@ def element_count(shape: Sequence[int]) -> int:
 
 def decode_bytes_tensor(buf: bytes | memoryview, count: int, where: str) -> Array:
     """BYTES in the binary layout: each element a 4-byte little-endian length, then the bytes."""
+    if 4 * count > len(buf):
+        # Checked before allocating: a huge claimed shape must not become a huge array.
+        raise BadRequestError(f"{where}: {len(buf)} bytes cannot hold {count} BYTES elements")
     out = np.empty(count, dtype=object)
     view = memoryview(buf)
     pos, end = 0, len(view)

@@ -246,6 +246,8 @@ BAD_REQUESTS = [
     (body_with(drop="data"), "needs 'data' or parameters.binary_data_size"),
     (body_with(copies=2), "is given twice"),
     (body_with(parameters={"binary_data_size": 32}), "without Inference-Header-Content-Length"),
+    (body_with(shape=[0, 8], data=[]), "the batch is empty"),
+    (body_with(shape=[10**12, 8]), "shape [1000000000000, 8] needs 8000000000000"),
     (
         json.dumps({**json.loads(body_with()), "outputs": [{"name": "nope"}]}).encode(),
         "unknown output 'nope'",
@@ -291,6 +293,21 @@ def test_bad_binary_requests(
     )
     assert response.status_code == 400
     assert message in response.json()["error"]
+
+
+def test_huge_claimed_bytes_shape_is_refused_before_allocating(client: httpx.Client) -> None:
+    params = {"binary_data_size": 8}
+    inputs = [
+        {"name": "in_BYTES", "shape": [10**9, 10**9], "datatype": "BYTES", "parameters": params}
+    ]
+    head = json.dumps({"inputs": inputs}).encode()
+    response = client.post(
+        "/v2/models/echo/infer",
+        content=head + b"\x00" * 8,
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
+    assert response.status_code == 400
+    assert "cannot hold" in response.json()["error"]
 
 
 def test_unclaimed_binary_data(client: httpx.Client) -> None:

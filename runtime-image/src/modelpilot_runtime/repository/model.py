@@ -284,6 +284,8 @@ class ServedVersion:
                         f"{list(spec.shape)} (-1 is any size)"
                     )
             if shape:
+                if shape[0] == 0 and self.info is not None and self.info.batchable:
+                    raise BadRequestError(f"input {name!r}: the batch is empty (first dimension 0)")
                 if rows == -1:
                     rows = shape[0]
                 elif shape[0] != rows and self.info is not None and self.info.batchable:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import tempfile
@@ -85,6 +86,9 @@ class Runtime:
             )
             log.info("gRPC (inference.GRPCInferenceService) on %s:%d", s.host, self.grpc_port)
         await self.repository.sync()
+        # Everything allocated so far lives as long as the server: keep the collector off it.
+        gc.collect()
+        gc.freeze()
         if s.poll_interval > 0:
             self._poller = asyncio.get_running_loop().create_task(self.repository.run_polling())
         log.info(
