@@ -156,11 +156,12 @@ def test_request_waiting_past_its_timeout_is_rejected() -> None:
         first = asyncio.ensure_future(batcher.submit(rows(0), None, 1))
         await asyncio.sleep(0.05)
         late = asyncio.ensure_future(batcher.submit(rows(1), None, 1))
-        await asyncio.sleep(0.05)  # `late` has now waited past its 10 ms
-        backend.gate.set()
-        await first
+        # Answered once its 10 ms pass, while the model is still busy with `first`.
         with pytest.raises(RejectedError) as info:
             await late
+        assert not first.done()
+        backend.gate.set()
+        await first
         assert info.value.status == 503
         assert info.value.reason == "timeout"
         await batcher.close()

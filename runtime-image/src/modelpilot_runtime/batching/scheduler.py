@@ -156,6 +156,7 @@ class _Waiting:
     key: tuple[Any, ...]
     enqueued: float
     future: asyncio.Future[Outputs]
+    timer: asyncio.TimerHandle | None = None
 
 
 def _batch_key(inputs: dict[str, Array]) -> tuple[Any, ...]:
@@ -202,9 +203,11 @@ class DynamicBatcher:
             )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
-        self._queue.append(
-            _Waiting(inputs, outputs, rows, _batch_key(inputs), time.monotonic(), future)
-        )
+        item = _Waiting(inputs, outputs, rows, _batch_key(inputs), time.monotonic(), future)
+        # The client is answered when its timeout passes even if the worker is busy with a
+        # long batch; the queue entry itself is dropped when the worker next looks at it.
+        item.timer = loop.call_later(self.timeout, self._expire, item)
+        self._queue.append(item)
         self._rows += rows
         m = self.runner.metrics
         m.pending.inc()
@@ -215,6 +218,17 @@ class DynamicBatcher:
             return await future
         finally:
             m.pending.dec()
+
+    def _expire(self, item: _Waiting) -> None:
+        if not item.future.done():
+            item.future.set_exception(self._timeout_error(time.monotonic() - item.enqueued))
+
+    def _timeout_error(self, waited: float) -> RejectedError:
+        return RejectedError(
+            f"waited {1000 * waited:.0f} ms in the queue, past the "
+            f"{1000 * self.timeout:.0f} ms request timeout",
+            "timeout",
+        )
 
     async def _wait(self, deadline: float | None) -> None:
         loop = asyncio.get_running_loop()
@@ -256,22 +270,18 @@ class DynamicBatcher:
         key = None
         while self._queue:
             item = self._queue.popleft()
-            if item.future.done():  # the client went away
+            if item.future.done():  # timed out, or the client went away
                 self._rows -= item.rows
                 continue
             if now - item.enqueued > self.timeout:
                 self._rows -= item.rows
-                item.future.set_exception(
-                    RejectedError(
-                        f"waited {1000 * (now - item.enqueued):.0f} ms in the queue, past the "
-                        f"{1000 * self.timeout:.0f} ms request timeout",
-                        "timeout",
-                    )
-                )
+                item.future.set_exception(self._timeout_error(now - item.enqueued))
                 continue
             if key is None:
                 key = item.key
             if item.key == key and (not batch or rows + item.rows <= self.max_batch):
+                if item.timer is not None:
+                    item.timer.cancel()  # running now: it no longer waits
                 batch.append(item)
                 rows += item.rows
                 self._rows -= item.rows
