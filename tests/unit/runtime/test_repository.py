@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
 
@@ -189,3 +190,22 @@ def test_in_flight_requests_finish_when_their_version_is_unloaded(tmp_path: Path
 
         assert asyncio.run(request_then_remove()) == [200, 200, 200]
         assert status(srv, "tiny") == {"2": "READY"}
+
+
+def test_changed_config_reloads_the_model(tmp_path: Path) -> None:
+    root = write_repository(tmp_path / "repo", ["tiny"])
+    with run_server(model_repository=root) as srv:
+        assert httpx.get(srv.url + "/v2/models/tiny/config").json()["max_batch_size"] == 1
+        config = root / "tiny" / "config.yaml"
+        config.write_text("batching: {max_batch_size: 8}\n")
+        os.utime(config, (1, 1))  # a stamp surely different from "no file"
+        sync(srv)
+        assert httpx.get(srv.url + "/v2/models/tiny/config").json()["max_batch_size"] == 8
+        config.write_text("batching: {max_batch_size: 0}\n")
+        os.utime(config, (2, 2))
+        sync(srv)
+        index = httpx.get(srv.url + "/v2/repository/index").json()
+        assert any("max_batch_size" in i["reason"] for i in index)
+        # The version that was serving keeps serving, and the pod stays ready.
+        assert httpx.get(srv.url + "/v2/models/tiny/ready").status_code == 200
+        assert httpx.get(srv.url + "/v2/health/ready").status_code == 200

@@ -238,10 +238,12 @@ class ModelRepository:
 
     @property
     def ready(self) -> bool:
-        """Every model found has a version serving (and no model config is broken)."""
-        if not self.synced or self.model_errors:
+        """Every model found has a version serving. A model whose config broke after it
+        loaded keeps serving with the config it loaded with (and the error is reported)."""
+        if not self.synced:
             return False
-        return all(name in self._default and self._default[name].ready for name in self.models)
+        names = set(self.models) | set(self.model_errors)
+        return all(name in self._default and self._default[name].ready for name in names)
 
     def index(self) -> list[dict[str, str]]:
         out = [
