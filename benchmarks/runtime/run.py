@@ -365,6 +365,38 @@ def write_report(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) ->
     )
     plot(rows, out / "latency.png")
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    (out / "goals.md").write_text(goals(rows))
+
+
+def goals(rows: list[dict[str, Any]]) -> str:
+    """The issue's goals, checked against this run."""
+
+    def pick(**match: Any) -> list[dict[str, Any]]:
+        return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+    out = ["| goal | measured | met |", "|---|---|---|"]
+    for batching in ("off", "on"):
+        for r in pick(model="tiny", protocol="http-json", concurrency=64, batching=batching):
+            ok = r["ratio_b1"] >= 0.10
+            out.append(
+                f"| tiny, HTTP JSON, concurrency 64, batching {batching}: ≥ 10% of in-process "
+                f"batch-1 rows/s | {100 * r['ratio_b1']:.1f}% | {'yes' if ok else 'no'} |"
+            )
+    for protocol, limit in (("http-json", 120), ("http-binary", 120), ("grpc", 250)):
+        for r in pick(model="tiny", protocol=protocol, concurrency=1, batching="off"):
+            ok = r["added_p50_us"] < limit
+            out.append(
+                f"| tiny, {protocol}, concurrency 1: added p50 < {limit} µs | "
+                f"{r['added_p50_us']:.0f} µs | {'yes' if ok else 'no'} |"
+            )
+    for r in pick(model="cnn", concurrency=64, batching="on"):
+        ok = r["ratio_formed"] >= 0.8
+        out.append(
+            f"| cnn, {r['protocol']}, concurrency 64, batching: ≥ 0.8 of in-process at the mean "
+            f"batch formed ({r['mean_batch']:.1f}) | {r['ratio_formed']:.2f} | "
+            f"{'yes' if ok else 'no'} |"
+        )
+    return "\n".join(out) + "\n"
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
