@@ -70,9 +70,6 @@ def version_sort_key(version: str) -> tuple[int, int, str]:
     return (1, int(digits) if digits else -1, version)
 
 
-Provider = Literal["tensorrt", "cuda", "rocm", "openvino", "coreml", "cpu"]
-
-
 class OnnxSettings(_Strict):
     execution_providers: list[str] = Field(default_factory=lambda: ["cpu"])
     intra_op_threads: int = Field(default=0, ge=0)

@@ -72,7 +72,7 @@ class ServedVersion:
         self._outputs: set[str] = set()
         self._class_children: dict[int, Any] = {}
         self._class_output: str | None = None
-        self.stamp = _stamp(version_dir)
+        self.stamp = version_stamp(version_dir)
         self._ready_gauge_provider = ""
         metrics.model_ready.labels(model, version, "").set(0)
 
@@ -403,7 +403,7 @@ def _as_text(arr: Array, name: str) -> Array:
     return out
 
 
-def _stamp(path: Path) -> float:
+def version_stamp(path: Path) -> float:
     """Latest modification time under a version directory: a changed one is loaded again."""
     try:
         return max([path.stat().st_mtime, *(p.stat().st_mtime for p in path.iterdir())])

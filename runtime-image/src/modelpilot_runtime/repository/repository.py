@@ -20,10 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from modelpilot_runtime.config import ConfigError, ModelConfig, load_model_config, version_sort_key
+from modelpilot_runtime.config import (
+    CONFIG_NAMES,
+    ConfigError,
+    ModelConfig,
+    load_model_config,
+    version_sort_key,
+)
 from modelpilot_runtime.errors import NotFoundError, RejectedError
 from modelpilot_runtime.metrics import Metrics
-from modelpilot_runtime.repository.model import FAILED, READY, ServedVersion
+from modelpilot_runtime.repository.model import FAILED, READY, ServedVersion, version_stamp
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +138,7 @@ class ModelRepository:
 
     @staticmethod
     def _changed(current: ServedVersion, version_dir: Path) -> bool:
-        from modelpilot_runtime.repository.model import _stamp
-
-        return current.state == FAILED and _stamp(version_dir) != current.stamp
+        return current.state == FAILED and version_stamp(version_dir) != current.stamp
 
     async def _load(
         self, name: str, version: str, model_dir: Path, version_dir: Path, config: ModelConfig
@@ -259,8 +263,6 @@ class ModelRepository:
 
 
 def _config_stamp(model_dir: Path) -> float:
-    from modelpilot_runtime.config import CONFIG_NAMES
-
     for name in CONFIG_NAMES:
         try:
             return (model_dir / name).stat().st_mtime

@@ -138,11 +138,8 @@ def run(settings: ServerSettings) -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a runtime dependency on Linux
         pass
-    runtime_holder: list[Runtime] = []
 
     async def main() -> None:
-        runtime = Runtime(settings)
-        runtime_holder.append(runtime)
-        await runtime.serve()
+        await Runtime(settings).serve()
 
     asyncio.run(main())
