@@ -22,16 +22,20 @@ def measure(
     for _ in range(20):
         session.run(None, feeds)
     times: list[float] = []
+    cpu_start = time.process_time()
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         t = time.perf_counter()
         session.run(None, feeds)
         times.append(time.perf_counter() - t)
+    cpu = time.process_time() - cpu_start
     arr = np.array(times)
     return {
         "batch": batch,
         "calls": len(times),
         "rows_per_s": batch * len(times) / arr.sum(),
+        # Per CPU-second of this process: what other processes on the core do not change.
+        "rows_per_cpu_s": batch * len(times) / cpu,
         "p50_us": float(np.percentile(arr, 50) * 1e6),
     }
 
