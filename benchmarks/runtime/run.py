@@ -394,7 +394,6 @@ def write_report(
             f"{100 * r.get('cpu_ratio_b1', 0):.1f}% | {r.get('cpu_ratio_formed', 0):.2f} |"
             + (" ⚠ errors" if r["errors"] else "")
         )
-    (out / "table.md").write_text("\n".join(lines) + "\n")
     ceiling_lines = [
         "| model | batch | rows/s | rows per CPU-second | p50 per call µs |",
         "|---|---:|---:|---:|---:|",
@@ -405,10 +404,7 @@ def write_report(
                 f"| {model} | {batch} | {c['rows_per_s']:,.0f} | {c.get('rows_per_cpu_s', 0):,.0f} "
                 f"| {c['p50_us']:.1f} |"
             )
-    (out / "ceilings.md").write_text("\n".join(ceiling_lines) + "\n")
     plot(rows, out / "latency.png")
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    (out / "goals.md").write_text(goals(rows))
     notes = HERE / "notes.md"
     header = (
         f"Made by `benchmarks/runtime/install.sh` then `{meta['command']}` (server on core "
@@ -433,10 +429,10 @@ def write_report(
         "## Goals\n",
         goals(rows),
         "## Ceilings (onnxruntime in-process, same core)\n",
-        (out / "ceilings.md").read_text(),
+        "\n".join(ceiling_lines) + "\n",
         "## All runs\n",
         legend,
-        (out / "table.md").read_text(),
+        "\n".join(lines) + "\n",
         "![p50 latency against concurrency](latency.png)\n",
     ]
     (out / "RESULTS.md").write_text("\n".join(parts))
