@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import typing
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from .api.v1alpha1.status import Phase
 
@@ -90,5 +90,5 @@ class OperatorMetrics:
                     metric.remove(*labels)
 
 
-METRICS = OperatorMetrics()
-"""The process-wide instance the handlers update and the metrics endpoint serves."""
+METRICS = OperatorMetrics(REGISTRY)
+"""The process-wide instance the handlers update and the operator's /metrics serves."""

@@ -1,49 +1,32 @@
-"""The operator's own rollout metrics for the dashboards (prometheus-client)."""
+"""Export each rollout tick's outcome as the operator metrics the dashboards and alerts read
+(names and labels: :mod:`modelpilot_operator.metrics`)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
-
-from ..api.v1alpha1.status import Phase
+from ..metrics import METRICS, OperatorMetrics
 from ..rollout import Decision
 
-PHASES: tuple[Phase, ...] = (
-    "Pending", "Stable", "Progressing", "Paused", "AwaitingPromotion", "Promoting",
-    "Promoted", "RolledBack", "Failed",
-)  # fmt: skip
-
-ROLLOUT_PHASE = Gauge(
-    "modelpilot_rollout_phase",
-    "1 for the ModelDeployment's current rollout phase, 0 for the others.",
-    ("namespace", "name", "phase"),
-)
-ROLLOUT_WEIGHT = Gauge(
-    "modelpilot_rollout_weight_percent",
-    "Traffic percent per version as read back from the route.",
-    ("namespace", "name", "version"),
-)
-ROLLOUT_STEP = Gauge(
-    "modelpilot_rollout_step", "Current rollout step (1-based; 0 without a rollout).",
-    ("namespace", "name"),
-)  # fmt: skip
-ANALYSIS_VERDICTS = Counter(
-    "modelpilot_rollout_analysis_verdicts",
-    "Analysis verdicts per check and interval.",
-    ("namespace", "name", "check", "verdict"),
-)
 _last_counted: dict[tuple[str, str], str] = {}
 
 
-def record_decision(namespace: str, name: str, decision: Decision) -> None:
-    """Export a tick's outcome."""
+def record_decision(
+    namespace: str, name: str, decision: Decision, metrics: OperatorMetrics = METRICS
+) -> None:
+    """Phase, step, read-back weights, and each new analysis interval's values and verdicts."""
     st = decision.status
-    for phase in PHASES:
-        ROLLOUT_PHASE.labels(namespace, name, phase).set(1 if st.phase == phase else 0)
-    for version, weight in st.weights.items():
-        ROLLOUT_WEIGHT.labels(namespace, name, version).set(weight)
-    ROLLOUT_STEP.labels(namespace, name).set(0 if st.step is None else st.step + 1)
-    if st.analysis and _last_counted.get((namespace, name)) != st.analysis[-1].at:
-        rec = st.analysis[-1]
-        _last_counted[(namespace, name)] = rec.at
-        for check in rec.checks:
-            ANALYSIS_VERDICTS.labels(namespace, name, check.name, check.verdict).inc()
+    metrics.set_phase(namespace, name, st.phase)
+    metrics.set_weights(namespace, name, st.weights)
+    metrics.step.labels(namespace, name).set(-1 if st.step is None else st.step)
+    if not st.analysis or _last_counted.get((namespace, name)) == st.analysis[-1].at:
+        return
+    record = st.analysis[-1]
+    _last_counted[(namespace, name)] = record.at
+    metrics.verdicts.labels(namespace, name, "interval", record.verdict).inc()
+    for check in record.checks:
+        metrics.verdicts.labels(namespace, name, check.name, check.verdict).inc()
+        for version, value in (
+            (st.stable, check.stable_value),
+            (st.candidate, check.candidate_value),
+        ):
+            if version and value is not None:
+                metrics.check_value.labels(namespace, name, check.name, version).set(value)
