@@ -64,8 +64,12 @@ class AddressPool:
         self.free = hosts[1:]
         self.lock = threading.Lock()
 
-    def take(self) -> str:
+    def take(self, preferred: str | None = None) -> str:
+        """A free address; ``preferred`` (a pod's recorded address) when it is free."""
         with self.lock:
+            if preferred in self.free:
+                self.free.remove(preferred)
+                return preferred
             if not self.free:
                 raise RuntimeError("the node ran out of pod addresses")
             return self.free.pop(0)
@@ -295,10 +299,12 @@ class NodeAgent:
             return
         if phase in ("Succeeded", "Failed"):
             return
+        # A pod the agent finds running again (after the agent restarted) keeps its
+        # address: status.podIP cannot change, and clients already use it.
         runner = PodRunner(
             self.api,
             pod,
-            self.pool.take(),
+            self.pool.take(pod.get("status", {}).get("podIP")),
             self.pool.gateway,
             self.pods_dir,
             self.base_env,

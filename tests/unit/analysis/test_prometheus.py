@@ -115,6 +115,12 @@ def test_settings_from_the_environment(tmp_path: object) -> None:
     assert PrometheusSettings.from_env({}).url == PrometheusSettings().url
 
 
+def test_timeout_as_the_chart_writes_it() -> None:
+    # The chart and the operator settings write durations ("5s"), not bare seconds.
+    assert PrometheusSettings.from_env({"MODELPILOT_PROMETHEUS_TIMEOUT": "5s"}).timeout_s == 5
+    assert PrometheusSettings.from_env({"MODELPILOT_PROMETHEUS_TIMEOUT": "500ms"}).timeout_s == 0.5
+
+
 def test_unreachable_and_overloaded_prometheus_are_unavailable() -> None:
     fake = FakePrometheus(lambda v, at, s: VersionData(), unreachable=True)
     with pytest.raises(MetricsUnavailableError, match="unreachable"):

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from ..api.v1alpha1 import parse_duration
+
 REQUESTS = "modelpilot_inference_requests_total"
 DURATION_BUCKETS = "modelpilot_inference_request_duration_seconds_bucket"
 PREDICTION_CLASSES = "modelpilot_prediction_class_total"
@@ -63,10 +65,20 @@ class PrometheusSettings:
             bearer_token=token,
             username=get("USERNAME"),
             password=get("PASSWORD"),
-            timeout_s=float(get("TIMEOUT") or cls.timeout_s),
+            timeout_s=_seconds(get("TIMEOUT"), cls.timeout_s),
             verify_tls=(get("INSECURE_SKIP_VERIFY") or "false").lower() not in ("1", "true"),
             namespace_label=env.get("MODELPILOT_PROMETHEUS_NAMESPACE_LABEL", cls.namespace_label),
         )
+
+
+def _seconds(value: str | None, default: float) -> float:
+    """A timeout given as plain seconds (``5``) or as a duration (``5s``, ``500ms``)."""
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        return parse_duration(value)
 
 
 @dataclass(frozen=True)
