@@ -16,6 +16,7 @@ class MemoryApi:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
         self.status_writes: list[dict[str, Any]] = []
+        self.status_managers: list[str] = []
 
     def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
         return self.objects.get((kind.kind, namespace, name))
@@ -27,6 +28,7 @@ class MemoryApi:
 
     def apply_status(self, obj: dict[str, Any], *, manager: str = "", force: bool = True) -> Any:
         self.status_writes.append(obj)
+        self.status_managers.append(manager)
         return obj
 
     def list(self, kind: Kind, namespace: str | None, label_selector: str = "") -> Any:
@@ -70,3 +72,27 @@ def test_ticks_walk_a_canary_to_promotion_through_the_route() -> None:
     assert "StepStarted" in reasons
     assert "AnalysisPassed" in reasons
     assert any("modelpilot_inference_requests_total" in q for q in fake.queries)
+
+
+def test_the_rollout_writes_status_under_a_field_manager_of_its_own() -> None:
+    """Server-side apply drops what a manager applied before and omits now: under the
+    reconciler's manager, each writer would erase the other's half of status."""
+    from modelpilot_operator.k8s.client import STATUS_FIELD_MANAGER
+    from modelpilot_operator.k8s.status import CLI_FIELD_MANAGER
+
+    body: dict[str, Any] = {
+        "apiVersion": "modelpilot.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "fraud", "namespace": "ml", "generation": 1, "uid": "u1"},
+        "spec": make_spec(steps=[{"weight": 20}]).to_wire(),
+        "status": {"versions": [{"name": "v1", "ready": True}, {"name": "v2", "ready": True}]},
+    }
+    api = MemoryApi()
+    fake = FakePrometheus(lambda v, at, s: VersionData(codes={"200": 1000.0}))
+    rollout_tick(api, body, fake.source(), T0, lambda e: None)
+    assert api.status_managers
+    assert all(
+        m and m not in (STATUS_FIELD_MANAGER, CLI_FIELD_MANAGER) for m in api.status_managers
+    )
+    written = api.status_writes[-1]["status"]
+    assert "versions" not in written, "the reconciler owns versions"

@@ -23,7 +23,7 @@ from ..analysis import (
     analyze,
 )
 from ..api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeployment, ModelDeploymentStatus
-from ..k8s.client import KubeApi
+from ..k8s.client import ROLLOUT_FIELD_MANAGER, KubeApi
 from ..k8s.routes import apply_weights, read_traffic
 from ..rollout import Decision, Event, Observations, analysis_due, reconcile
 from .rollout_metrics import record_decision
@@ -91,7 +91,8 @@ def rollout_tick(
             "kind": md.kind,
             "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
             "status": {k: v for k, v in patch.items() if v is not None},
-        }
+        },
+        manager=ROLLOUT_FIELD_MANAGER,
     )
     md.status = decision.status
     apply_weights(api, md, decision.weights, decision.mirror_percent, decision.status.phase)

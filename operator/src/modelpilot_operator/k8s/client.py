@@ -16,6 +16,11 @@ from .kinds import Kind, kind_of
 
 FIELD_MANAGER = "modelpilot"
 STATUS_FIELD_MANAGER = "modelpilot-status"
+# The rollout engine's part of status has a field manager of its own: server-side apply
+# removes the fields a manager applied before and leaves out now, so the reconciler's
+# status (versions, Ready, ...) and the rollout's (phase, step, analysis, ...) written
+# under one manager would erase each other on every write.
+ROLLOUT_FIELD_MANAGER = "modelpilot-rollout"
 
 
 class ApiError(Exception):

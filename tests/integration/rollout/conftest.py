@@ -1,0 +1,265 @@
+"""Fixtures of the rollout end-to-end tests: the operator as a real process, Prometheus,
+two sample classifiers, and a :class:`Rollout` helper per test.
+
+The traffic comes from :class:`e2e.traffic.MeshDriver`, which stands in for the mesh's
+data plane (there is no Istio here): it splits requests by the weights it reads back from
+the VirtualService the operator wrote, and mirrors a copy to the candidate when the route
+says so.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.cluster import PROMETHEUS_PORT
+from e2e.demo import _version, write_models
+from e2e.kube import LocalCluster, wait_for
+from e2e.traffic import MeshDriver
+from modelpilot_operator.k8s.client import ApiServer
+from modelpilot_operator.k8s.kinds import MODEL_DEPLOYMENT
+
+ROOT = Path(__file__).resolve().parents[3]
+PROMETHEUS_URL = f"http://127.0.0.1:{PROMETHEUS_PORT}"
+RUNTIME_IMAGE = "ghcr.io/modelpilot/runtime:test"
+NAME = "fraud"
+# Generous: only keeps a broken cluster from hanging the run, never a claim on speed.
+ROLLOUT_TIMEOUT = 480.0
+
+
+class OperatorProcess:
+    """``modelpilot operator run -n NAMESPACE`` as a child process; killable, restartable."""
+
+    def __init__(self, namespace: str, kubeconfig: Path, log: Path) -> None:
+        self.namespace = namespace
+        self.kubeconfig = kubeconfig
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        assert not self.alive(), "the operator is already running"
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "MODELPILOT_PROMETHEUS_URL": PROMETHEUS_URL,
+            "MODELPILOT_PROMETHEUS_TIMEOUT": "5s",
+            "MODELPILOT_RESYNC_PERIOD": "3s",
+            "MODELPILOT_METRICS_PORT": "0",
+            "MODELPILOT_RUNTIME_IMAGE": RUNTIME_IMAGE,
+            "MODELPILOT_LOG_FORMAT": "plain",
+        }
+        modelpilot = Path(sys.executable).parent / "modelpilot"
+        cmd = [str(modelpilot), "operator", "run", "-n", self.namespace]
+        self.starts += 1
+        with self.log.open("ab") as out:
+            out.write(f"--- start {self.starts}: {' '.join(cmd)}\n".encode())
+            out.flush()
+            # The child keeps its own copy of the descriptor.
+            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind, as when the operator's node dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def crd_installed(local_cluster: LocalCluster) -> None:
+    local_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    local_cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/modeldeployments.modelpilot.io"
+    )
+
+
+@pytest.fixture(scope="session")
+def prometheus(local_cluster: LocalCluster) -> str:
+    local_cluster.cluster.start_prometheus()
+    return PROMETHEUS_URL
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two classifiers, v1 and v2, trained apart: same inputs, different predictions."""
+    return write_models(tmp_path_factory.mktemp("rollout-models"))
+
+
+@pytest.fixture
+def operator(
+    local_cluster: LocalCluster,
+    namespace: str,
+    crd_installed: None,
+    prometheus: str,
+    tmp_path: Path,
+) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(namespace, local_cluster.kubeconfig, tmp_path / "operator.log")
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+def version(name: str, model_dir: Path, *, faults: dict[str, str] | None = None) -> dict[str, Any]:
+    """One version of the ModelDeployment: a sample classifier on one small CPU pod."""
+    v = _version(name, model_dir, faults)
+    v["runtime"]["warmup"] = {"enabled": False}
+    v["resources"] = {"cpu": "100m", "memory": "256Mi"}
+    return v
+
+
+def analysis(
+    *checks: dict[str, Any], interval: str = "5s", failure_limit: int = 1, min_samples: int = 20
+) -> dict[str, Any]:
+    return {
+        "interval": interval,
+        "minSamples": min_samples,
+        "failureLimit": failure_limit,
+        "inconclusiveDeadline": "3m",
+        "checks": list(checks),
+    }
+
+
+@dataclass
+class Rollout:
+    """One ModelDeployment under test, its namespace, and the mesh stand-in's traffic."""
+
+    cluster: LocalCluster
+    namespace: str
+    api: ApiServer
+    name: str = NAME
+    driver: MeshDriver | None = None
+    applied: list[dict[str, Any]] = field(default_factory=list)
+
+    def apply(self, spec: dict[str, Any]) -> None:
+        obj = {
+            "apiVersion": "modelpilot.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": {"routing": {"router": "istio"}, **spec},
+        }
+        self.applied.append(obj)
+        self.cluster.kubectl(
+            "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=yaml.safe_dump(obj)
+        )
+
+    def obj(self) -> dict[str, Any]:
+        return self.api.get(MODEL_DEPLOYMENT, self.namespace, self.name) or {}
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.obj().get("status") or {}
+        return status
+
+    def condition(self, ctype: str) -> dict[str, Any]:
+        for c in self.status().get("conditions") or []:
+            if c.get("type") == ctype:
+                return dict(c)
+        return {}
+
+    def wait_phase(self, *phases: str, timeout: float = ROLLOUT_TIMEOUT) -> dict[str, Any]:
+        """Wait until the phase is one of ``phases``; returns the status then."""
+
+        def probe() -> dict[str, Any] | None:
+            st = self.status()
+            return st if st.get("phase") in phases else None
+
+        return wait_for(f"{self.name} to reach {'/'.join(phases)}", probe, timeout, interval=1)
+
+    def wait(self, what: str, probe: Any, timeout: float = ROLLOUT_TIMEOUT) -> dict[str, Any]:
+        """Wait until ``probe(status)`` holds; returns the status then."""
+
+        def check() -> dict[str, Any] | None:
+            st = self.status()
+            return st if probe(st) else None
+
+        return wait_for(what, check, timeout, interval=1)
+
+    def wait_versions_ready(self, *names: str, timeout: float = 300) -> None:
+        def ready() -> bool:
+            have = {v["name"]: v.get("ready") for v in self.status().get("versions") or []}
+            return all(have.get(n) for n in names)
+
+        wait_for(f"versions {', '.join(names)} of {self.name} to be ready", ready, timeout, 1)
+
+    def start_traffic(self, rate: float = 20.0) -> MeshDriver:
+        """The mesh stand-in: requests split by the weights read back from the route."""
+        self.driver = MeshDriver(self.api, self.namespace, self.name, rate=rate).start()
+        return self.driver
+
+    def events(self) -> list[dict[str, Any]]:
+        events = self.cluster.get(
+            "events",
+            "-n",
+            self.namespace,
+            "--field-selector",
+            f"involvedObject.kind=ModelDeployment,involvedObject.name={self.name}",
+        )
+        return list((events or {}).get("items", []))
+
+    def explain(self, op: OperatorProcess | None = None) -> str:
+        """What to read when a scenario fails: status, events, the operator's log tail."""
+        st = self.status()
+        records = [
+            f"  {r.get('at')} step={r.get('step')} {r.get('verdict')}: "
+            + "; ".join(f"{c['name']}={c['verdict']} ({c.get('message', '')})" for c in r["checks"])
+            for r in st.get("analysis") or []
+        ]
+        events = [f"  {e.get('reason')}: {e.get('message')}" for e in self.events()]
+        tail = "\n".join(op.logs().splitlines()[-40:]) if op else ""
+        return (
+            f"phase={st.get('phase')} message={st.get('message')}\n"
+            f"weights={st.get('weights')} desired={st.get('desiredWeights')}\n"
+            "analysis:\n" + "\n".join(records) + "\nevents:\n" + "\n".join(events) + "\n"
+            "operator log:\n" + tail
+        )
+
+
+@pytest.fixture
+def rollout(
+    local_cluster: LocalCluster, namespace: str, operator: OperatorProcess
+) -> Iterator[Rollout]:
+    ro = Rollout(local_cluster, namespace, ApiServer.from_environment())
+    try:
+        yield ro
+    finally:
+        if ro.driver is not None:
+            ro.driver.stop()
+        # The operator's timer puts a finalizer on the ModelDeployment: delete it while the
+        # operator still runs (the operator fixture stops it afterwards), so that the
+        # namespace can go. If the operator is down, take the finalizer off by hand.
+        if not operator.alive():
+            operator.start()
+        done = local_cluster.kubectl(
+            "delete", "modeldeployment", ro.name, "-n", namespace, "--ignore-not-found",
+            "--timeout=60s", check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            local_cluster.kubectl(
+                "patch", "modeldeployment", ro.name, "-n", namespace, "--type=merge",
+                "-p", '{"metadata":{"finalizers":null}}', check=False,
+            )  # fmt: skip
