@@ -1,0 +1,154 @@
+"""Fixtures for the operator's integration tests: the operator as a real process, under
+the local cluster's admin identity or a ServiceAccount's, and a sample model on disk."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.kube import LocalCluster, wait_for
+
+ROOT = Path(__file__).resolve().parents[3]
+RUNTIME_IMAGE = "ghcr.io/modelpilot/runtime:test"
+
+
+class OperatorProcess:
+    """``modelpilot operator run`` watching one namespace; killable and restartable."""
+
+    def __init__(self, namespace: str, kubeconfig: Path, log: Path, resync: str = "3s") -> None:
+        self.namespace = namespace
+        self.kubeconfig = kubeconfig
+        self.log = log
+        self.resync = resync
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        cmd = [
+            sys.executable,
+            "-m",
+            "modelpilot_operator.cli.main",
+            "operator",
+            "run",
+            "-n",
+            self.namespace,
+            "--resync-period",
+            self.resync,
+            "--metrics-port",
+            "0",
+            "--runtime-image",
+            RUNTIME_IMAGE,
+        ]
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind, as when a node dies."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def crd_installed(local_cluster: LocalCluster) -> None:
+    local_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    local_cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/modeldeployments.modelpilot.io"
+    )
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sample ONNX model (``tiny``: [N, 8] -> 3 classes) as a file:// source."""
+    from modelpilot_runtime import samples
+
+    dest = tmp_path_factory.mktemp("models")
+    samples.main([str(dest), "--models", "tiny"])
+    return dest / "tiny" / "1"
+
+
+@pytest.fixture
+def operator(
+    local_cluster: LocalCluster, namespace: str, crd_installed: None, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(namespace, local_cluster.kubeconfig, tmp_path / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+
+
+def model_deployment(name: str, namespace: str, model_dir: Path, **spec: Any) -> dict[str, Any]:
+    version = {
+        "model": {"storageUri": f"file://{model_dir}/"},
+        "runtime": {"executionProviders": ["cpu"], "warmup": {"enabled": False}},
+        "resources": {"cpu": "100m", "memory": "256Mi"},
+    }
+    return {
+        "apiVersion": "modelpilot.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "versions": [{"name": "v1", **version}],
+            "stable": "v1",
+            "routing": {"router": "istio"},
+        }
+        | spec,
+    }
+
+
+def apply(cluster: LocalCluster, obj: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(obj))
+
+
+def condition(cluster: LocalCluster, namespace: str, name: str, ctype: str) -> dict[str, Any]:
+    md = cluster.get("modeldeployment", name, "-n", namespace) or {}
+    for c in md.get("status", {}).get("conditions", []):
+        if c["type"] == ctype:
+            return dict(c)
+    return {}
+
+
+def wait_condition(
+    cluster: LocalCluster,
+    namespace: str,
+    name: str,
+    ctype: str,
+    status: str = "True",
+    timeout: float = 180,
+) -> dict[str, Any]:
+    found: dict[str, Any] = wait_for(
+        f"{ctype}={status} on {namespace}/{name}",
+        lambda: (c := condition(cluster, namespace, name, ctype)).get("status") == status and c,
+        timeout=timeout,
+    )
+    return found
+
+
+def children(cluster: LocalCluster, namespace: str, kind: str, model: str) -> list[str]:
+    items = (cluster.get(kind, "-n", namespace, "-l", f"modelpilot.io/model={model}") or {}).get(
+        "items", []
+    )
+    return sorted(i["metadata"]["name"] for i in items)

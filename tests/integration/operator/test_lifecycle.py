@@ -1,0 +1,214 @@
+"""The operator against the local cluster: create, update, delete, drift, SIGKILL, invalid specs.
+
+Pods run as local processes (the node agent), so "Ready and answering" is the real runtime
+serving the sample model on the pod's own address.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from e2e.kube import LocalCluster, wait_for
+from tests.integration.operator.conftest import (
+    OperatorProcess,
+    apply,
+    children,
+    condition,
+    model_deployment,
+    wait_condition,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _pod_answers(cluster: LocalCluster, namespace: str, model: str, version: str) -> bool:
+    pods = cluster.get(
+        "pods",
+        "-n",
+        namespace,
+        "-l",
+        f"modelpilot.io/model={model},modelpilot.io/version={version}",
+    ) or {"items": []}
+    for pod in pods["items"]:
+        ip = pod.get("status", {}).get("podIP")
+        if not ip:
+            continue
+        body = json.dumps(
+            {"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0.1] * 8}]}
+        ).encode()
+        url = f"http://{ip}:8080/v2/models/{model}/versions/{version}/infer"
+        req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status == 200 and bool(json.loads(resp.read())["outputs"])
+        except OSError:
+            return False
+    return False
+
+
+def test_create_update_delete(
+    local_cluster: LocalCluster, namespace: str, operator: OperatorProcess, model_dir: Path
+) -> None:
+    apply(local_cluster, model_deployment("fraud", namespace, model_dir))
+    wait_condition(local_cluster, namespace, "fraud", "Ready")
+    assert children(local_cluster, namespace, "deployments", "fraud") == ["fraud-v1"]
+    assert children(local_cluster, namespace, "services", "fraud") == ["fraud", "fraud-v1"]
+    assert children(local_cluster, namespace, "virtualservices", "fraud") == ["fraud"]
+    assert children(local_cluster, namespace, "destinationrules", "fraud") == ["fraud"]
+    wait_for("v1 answering", lambda: _pod_answers(local_cluster, namespace, "fraud", "v1"))
+    md = local_cluster.get("modeldeployment", "fraud", "-n", namespace)
+    assert md is not None
+    status = md["status"]
+    assert status["observedGeneration"] == md["metadata"]["generation"]
+    assert status["weights"] == {"v1": 100}
+    assert status["versions"][0]["readyReplicas"] == 1
+    assert status["versions"][0]["provider"] == "CPUExecutionProvider"
+
+    # Update: a second version, and new batching for the first.
+    updated = model_deployment("fraud", namespace, model_dir)
+    updated["spec"]["versions"][0]["runtime"]["batching"] = {"maxBatchSize": 16}
+    updated["spec"]["versions"].append({**updated["spec"]["versions"][0], "name": "v2"})
+    apply(local_cluster, updated)
+    wait_for(
+        "v2's Deployment",
+        lambda: (
+            children(local_cluster, namespace, "deployments", "fraud") == ["fraud-v1", "fraud-v2"]
+        ),
+    )
+
+    def v1_batch() -> bool:
+        dep = local_cluster.get("deployment", "fraud-v1", "-n", namespace) or {}
+        args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        return bool(args[args.index("--max-batch-size") + 1] == "16")
+
+    wait_for("v1 re-rendered with the new batch size", v1_batch)
+    wait_condition(local_cluster, namespace, "fraud", "Ready")
+    dr = local_cluster.get("destinationrule", "fraud", "-n", namespace)
+    assert dr is not None
+    assert [s["name"] for s in dr["spec"]["subsets"]] == ["v1", "v2"]
+
+    # Removing a version removes its objects.
+    apply(local_cluster, model_deployment("fraud", namespace, model_dir))
+    wait_for(
+        "v2 pruned",
+        lambda: children(local_cluster, namespace, "deployments", "fraud") == ["fraud-v1"],
+    )
+
+    local_cluster.kubectl("delete", "modeldeployment", "fraud", "-n", namespace)
+    for kind in ("deployments", "services", "virtualservices", "destinationrules"):
+        wait_for(
+            f"{kind} garbage-collected",
+            lambda kind=kind: children(local_cluster, namespace, kind, "fraud") == [],
+        )
+    assert operator.alive()
+
+
+def test_drift_is_repaired_within_a_resync(
+    local_cluster: LocalCluster, namespace: str, operator: OperatorProcess, model_dir: Path
+) -> None:
+    apply(local_cluster, model_deployment("drift", namespace, model_dir))
+    wait_for(
+        "children",
+        lambda: children(local_cluster, namespace, "services", "drift") == ["drift", "drift-v1"],
+    )
+    local_cluster.kubectl("delete", "service", "drift", "-n", namespace)
+    local_cluster.kubectl(
+        "patch",
+        "virtualservice",
+        "drift",
+        "-n",
+        namespace,
+        "--type=json",
+        "-p",
+        '[{"op": "replace", "path": "/spec/http/0/route/0/destination/subset", "value": "x"}]',
+    )
+    wait_for(
+        "Service put back",
+        lambda: "drift" in children(local_cluster, namespace, "services", "drift"),
+    )
+
+    def vs_repaired() -> bool:
+        vs = local_cluster.get("virtualservice", "drift", "-n", namespace) or {}
+        return bool(vs["spec"]["http"][0]["route"][0]["destination"]["subset"] == "v1")
+
+    wait_for("VirtualService put back", vs_repaired)
+
+
+def test_sigkill_mid_reconcile_then_restart_converges(
+    local_cluster: LocalCluster, namespace: str, operator: OperatorProcess, model_dir: Path
+) -> None:
+    obj = model_deployment("crash", namespace, model_dir)
+    obj["spec"]["versions"].append({**obj["spec"]["versions"][0], "name": "v2"})
+    apply(local_cluster, obj)
+    # Killed as soon as the first child exists: the rest of the reconcile never happened.
+    wait_for(
+        "first child", lambda: children(local_cluster, namespace, "deployments", "crash"), 60, 0.05
+    )
+    operator.kill()
+    operator.start()
+    wait_for(
+        "every child",
+        lambda: (
+            children(local_cluster, namespace, "services", "crash")
+            == ["crash", "crash-v1", "crash-v2"]
+            and children(local_cluster, namespace, "virtualservices", "crash") == ["crash"]
+        ),
+    )
+    assert children(local_cluster, namespace, "deployments", "crash") == ["crash-v1", "crash-v2"]
+    rs = local_cluster.get("replicasets", "-n", namespace, "-l", "modelpilot.io/model=crash")
+    assert rs is not None
+    assert len(rs["items"]) == 2, "one ReplicaSet per version: nothing was rolled twice"
+
+
+def test_invalid_spec_is_reported_not_crash_looping(
+    local_cluster: LocalCluster, namespace: str, operator: OperatorProcess, model_dir: Path
+) -> None:
+    obj = model_deployment("bad", namespace, model_dir)
+    obj["spec"]["versions"].append({"name": "v2", "model": {"storageUri": f"file://{model_dir}/"}})
+    obj["spec"]["rollout"] = {
+        "candidate": "v2",
+        "analysis": {
+            "checks": [{"name": "q", "query": "sum(rate(x_total[{{ interval }}])", "min": 1}]
+        },
+    }
+    apply(local_cluster, obj)
+    degraded = wait_condition(local_cluster, namespace, "bad", "Degraded")
+    assert degraded["reason"] == "InvalidSpec"
+    assert "not valid PromQL" in degraded["message"]
+    assert children(local_cluster, namespace, "deployments", "bad") == []
+    events = local_cluster.get(
+        "events", "-n", namespace, "--field-selector", "involvedObject.name=bad"
+    ) or {"items": []}
+    assert any(e["reason"] == "InvalidSpec" for e in events["items"])
+    assert operator.alive()
+    # Fixing the spec is all it takes.
+    del obj["spec"]["rollout"]["analysis"]
+    apply(local_cluster, obj)
+    wait_for(
+        "children after the fix",
+        lambda: children(local_cluster, namespace, "deployments", "bad") == ["bad-v1", "bad-v2"],
+    )
+    assert condition(local_cluster, namespace, "bad", "Degraded").get("reason") != "InvalidSpec"
+
+
+def test_unsupported_storage_and_missing_secret_tell_the_user(
+    local_cluster: LocalCluster, namespace: str, operator: OperatorProcess, model_dir: Path
+) -> None:
+    obj = model_deployment("gcs", namespace, model_dir)
+    obj["spec"]["versions"][0]["model"] = {"storageUri": "gs://bucket/model/"}
+    apply(local_cluster, obj)
+    degraded = wait_condition(local_cluster, namespace, "gcs", "Degraded")
+    assert degraded["reason"] == "UnsupportedStorage"
+    assert "use s3://" in degraded["message"]
+    assert children(local_cluster, namespace, "deployments", "gcs") == []
+
+    obj = model_deployment("creds", namespace, model_dir)
+    obj["spec"]["versions"][0]["model"]["credentialsSecret"] = "nowhere"
+    apply(local_cluster, obj)
+    degraded = wait_condition(local_cluster, namespace, "creds", "Degraded")
+    assert "create the Secret" in degraded["message"]
+    assert "nowhere" in degraded["message"]
