@@ -47,8 +47,9 @@ class OperatorProcess:
             "--runtime-image",
             RUNTIME_IMAGE,
         ]
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # The child keeps its own copy of the descriptor.
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
