@@ -140,12 +140,11 @@ def wait_condition(
     status: str = "True",
     timeout: float = 180,
 ) -> dict[str, Any]:
-    found: dict[str, Any] = wait_for(
-        f"{ctype}={status} on {namespace}/{name}",
-        lambda: (c := condition(cluster, namespace, name, ctype)).get("status") == status and c,
-        timeout=timeout,
-    )
-    return found
+    def probe() -> dict[str, Any] | None:
+        c = condition(cluster, namespace, name, ctype)
+        return c if c.get("status") == status else None
+
+    return wait_for(f"{ctype}={status} on {namespace}/{name}", probe, timeout=timeout)
 
 
 def children(cluster: LocalCluster, namespace: str, kind: str, model: str) -> list[str]:

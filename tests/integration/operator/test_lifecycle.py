@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -99,11 +100,12 @@ def test_create_update_delete(
     )
 
     local_cluster.kubectl("delete", "modeldeployment", "fraud", "-n", namespace)
+
+    def collected(kind: str) -> Callable[[], bool]:
+        return lambda: children(local_cluster, namespace, kind, "fraud") == []
+
     for kind in ("deployments", "services", "virtualservices", "destinationrules"):
-        wait_for(
-            f"{kind} garbage-collected",
-            lambda kind=kind: children(local_cluster, namespace, kind, "fraud") == [],
-        )
+        wait_for(f"{kind} garbage-collected", collected(kind))
     assert operator.alive()
 
 
