@@ -69,10 +69,14 @@ def test_create_update_delete(
     assert status["versions"][0]["readyReplicas"] == 1
     assert status["versions"][0]["provider"] == "CPUExecutionProvider"
 
-    # Update: a second version, and new batching for the first.
+    # Update: new batching and autoscaling for v1, a second version with two fixed replicas.
     updated = model_deployment("fraud", namespace, model_dir)
-    updated["spec"]["versions"][0]["runtime"]["batching"] = {"maxBatchSize": 16}
-    updated["spec"]["versions"].append({**updated["spec"]["versions"][0], "name": "v2"})
+    v1 = updated["spec"]["versions"][0]
+    v1["runtime"] = {**v1["runtime"], "batching": {"maxBatchSize": 16}}
+    v1["scaling"] = {"minReplicas": 1, "maxReplicas": 3, "metrics": [{"type": "cpu", "target": 70}]}
+    updated["spec"]["versions"].append(
+        {**v1, "name": "v2", "scaling": {"minReplicas": 2, "maxReplicas": 2}}
+    )
     apply(local_cluster, updated)
     wait_for(
         "v2's Deployment",
@@ -87,16 +91,52 @@ def test_create_update_delete(
         return bool(args[args.index("--max-batch-size") + 1] == "16")
 
     wait_for("v1 re-rendered with the new batch size", v1_batch)
+    wait_for(
+        "v1's HPA and v2's PDB",
+        lambda: (
+            children(local_cluster, namespace, "horizontalpodautoscalers", "fraud") == ["fraud-v1"]
+            and children(local_cluster, namespace, "poddisruptionbudgets", "fraud") == ["fraud-v2"]
+        ),
+    )
+    hpa = local_cluster.get("hpa", "fraud-v1", "-n", namespace)
+    assert hpa is not None
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 3)
+    v2 = local_cluster.get("deployment", "fraud-v2", "-n", namespace)
+    assert v2 is not None
+    assert v2["spec"]["replicas"] == 2
+    wait_for("v2 answering", lambda: _pod_answers(local_cluster, namespace, "fraud", "v2"))
+    wait_for(
+        "v1 answering after its update",
+        lambda: _pod_answers(local_cluster, namespace, "fraud", "v1"),
+    )
+
+    def both_ready() -> bool:
+        md = local_cluster.get("modeldeployment", "fraud", "-n", namespace) or {}
+        versions = {v["name"]: v for v in md.get("status", {}).get("versions", [])}
+        return bool(
+            md.get("status", {}).get("observedGeneration") == md["metadata"]["generation"]
+            and versions.get("v2", {}).get("readyReplicas") == 2
+            and versions.get("v1", {}).get("readyReplicas", 0) >= 1
+        )
+
+    wait_for("status reports both versions ready", both_ready)
     wait_condition(local_cluster, namespace, "fraud", "Ready")
     dr = local_cluster.get("destinationrule", "fraud", "-n", namespace)
     assert dr is not None
     assert [s["name"] for s in dr["spec"]["subsets"]] == ["v1", "v2"]
 
-    # Removing a version removes its objects.
+    # Removing a version removes its objects; dropping autoscaling removes the HPA.
     apply(local_cluster, model_deployment("fraud", namespace, model_dir))
     wait_for(
         "v2 pruned",
         lambda: children(local_cluster, namespace, "deployments", "fraud") == ["fraud-v1"],
+    )
+    wait_for(
+        "HPA and PDB pruned",
+        lambda: (
+            children(local_cluster, namespace, "horizontalpodautoscalers", "fraud") == []
+            and children(local_cluster, namespace, "poddisruptionbudgets", "fraud") == []
+        ),
     )
 
     local_cluster.kubectl("delete", "modeldeployment", "fraud", "-n", namespace)
@@ -104,7 +144,15 @@ def test_create_update_delete(
     def collected(kind: str) -> Callable[[], bool]:
         return lambda: children(local_cluster, namespace, kind, "fraud") == []
 
-    for kind in ("deployments", "services", "virtualservices", "destinationrules"):
+    for kind in (
+        "deployments",
+        "replicasets",
+        "pods",
+        "services",
+        "virtualservices",
+        "destinationrules",
+        "servicemonitors",
+    ):
         wait_for(f"{kind} garbage-collected", collected(kind))
     assert operator.alive()
 
