@@ -242,7 +242,15 @@ def test_invalid_spec_is_reported_not_crash_looping(
         "children after the fix",
         lambda: children(local_cluster, namespace, "deployments", "bad") == ["bad-v1", "bad-v2"],
     )
-    assert condition(local_cluster, namespace, "bad", "Degraded").get("reason") != "InvalidSpec"
+    # Status is written after the children, in the same reconcile.
+    wait_for(
+        "InvalidSpec cleared",
+        lambda: (
+            condition(local_cluster, namespace, "bad", "Degraded").get("reason")
+            not in (None, "InvalidSpec")
+        ),
+    )
+    assert operator.alive()
 
 
 def test_unsupported_storage_and_missing_secret_tell_the_user(

@@ -96,3 +96,47 @@ def test_the_rollout_writes_status_under_a_field_manager_of_its_own() -> None:
     )
     written = api.status_writes[-1]["status"]
     assert "versions" not in written, "the reconciler owns versions"
+
+
+def test_a_steady_tick_writes_nothing() -> None:
+    """The engine writes its part of status only when something changed: a steady
+    ModelDeployment costs its timer reads, no writes."""
+    spec = make_spec(candidate=None)
+    body: dict[str, Any] = {
+        "apiVersion": "modelpilot.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "fraud", "namespace": "ml", "generation": 1, "uid": "u1"},
+        "spec": spec.to_wire(),
+        "status": {
+            "observedGeneration": 1,
+            "versions": [{"name": "v1", "ready": True}],
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "AllVersionsReady", "message": ""}
+            ],
+        },
+    }
+    api = MemoryApi()
+    fake = FakePrometheus(lambda v, at, s: VersionData())
+    now = T0
+
+    def tick() -> None:
+        nonlocal now
+        before = len(api.status_writes)
+        rollout_tick(api, body, fake.source(), now, lambda e: None)
+        now += timedelta(seconds=5)
+        if len(api.status_writes) > before:  # what the API server would now store
+            written = api.status_writes[-1]["status"]
+            ready = [c for c in body["status"].get("conditions", []) if c["type"] == "Ready"]
+            body["status"] = {**body["status"], **written}
+            body["status"]["conditions"] = [*ready, *written.get("conditions", [])]
+
+    tick()
+    assert api.status_managers == ["modelpilot-rollout"]
+    first = api.status_writes[0]["status"]
+    assert "versions" not in first
+    assert all(c["type"] in ("Promoted", "RolledBack") for c in first.get("conditions", []))
+    tick()  # the weights read back from the route the first tick applied
+    settled = (len(api.status_writes), dict(api.objects))
+    for _ in range(3):
+        tick()
+    assert (len(api.status_writes), dict(api.objects)) == settled

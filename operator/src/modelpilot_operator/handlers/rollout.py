@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from ..analysis import (
     MetricSource,
@@ -23,8 +24,9 @@ from ..analysis import (
     analyze,
 )
 from ..api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeployment, ModelDeploymentStatus
-from ..k8s.client import ROLLOUT_FIELD_MANAGER, KubeApi
+from ..k8s.client import KubeApi
 from ..k8s.routes import apply_weights, read_traffic
+from ..k8s.status import write_rollout_status
 from ..rollout import Decision, Event, Observations, analysis_due, reconcile
 from .rollout_metrics import record_decision
 from .state import reconciler
@@ -85,14 +87,13 @@ def rollout_tick(
     patch["conditions"] = [
         c for c in wire.get("conditions", []) if c.get("type") in ENGINE_CONDITIONS
     ]
-    api.apply_status(
-        {
-            "apiVersion": md.api_version,
-            "kind": md.kind,
-            "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
-            "status": {k: v for k, v in patch.items() if v is not None},
-        },
-        manager=ROLLOUT_FIELD_MANAGER,
+    write_rollout_status(
+        api,
+        meta,
+        body.get("status") or {},
+        {k: v for k, v in patch.items() if v is not None},
+        _STATUS_KEYS,
+        ENGINE_CONDITIONS,
     )
     md.status = decision.status
     apply_weights(api, md, decision.weights, decision.mirror_percent, decision.status.phase)
@@ -124,4 +125,9 @@ def rollout_timer(body: kopf.Body, **_: Any) -> None:
     def emit(event: Event) -> None:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
 
-    rollout_tick(api, dict(body), source, datetime.now(UTC), emit)
+    try:
+        rollout_tick(api, dict(body), source, datetime.now(UTC), emit)
+    except ValidationError:
+        # The reconciler reports an invalid spec in status and as an Event; the engine
+        # waits for a valid one instead of failing (and retrying) every tick.
+        return

@@ -1,8 +1,8 @@
-"""Manual rollout decisions: a person's request written to the status subresource.
+"""Status writers besides the reconciler's: manual rollout decisions and the rollout engine.
 
-Written through ``status`` (not the spec) so GitOps tools that own the spec do not revert
-them, and with a field manager of its own so the operator's status writes do not take the
-field away.
+A person's request is written through ``status`` (not the spec) so GitOps tools that own
+the spec do not revert it. Every writer applies with a field manager of its own (see
+:data:`.client.ROLLOUT_FIELD_MANAGER`).
 """
 
 from __future__ import annotations
@@ -10,10 +10,55 @@ from __future__ import annotations
 from typing import Any
 
 from ..api.v1alpha1 import API_VERSION, KIND, Request
-from .client import KubeApi
+from .client import ROLLOUT_FIELD_MANAGER, KubeApi
 from .kinds import MODEL_DEPLOYMENT
 
 CLI_FIELD_MANAGER = "modelpilot-cli"
+# Also written by the reconciler (from the same sources), so the engine leaving one out of
+# its patch does not mean that it must go.
+SHARED_KEYS = frozenset({"weights", "observedGeneration"})
+
+
+def rollout_status_holds(
+    live: dict[str, Any], patch: dict[str, Any], keys: tuple[str, ...], conditions: tuple[str, ...]
+) -> bool:
+    """Whether ``live`` status already is what applying ``patch`` (the engine's fields
+    ``keys`` and its condition types ``conditions``) would make it."""
+    for key in keys:
+        if key == "conditions":
+            continue
+        if key in patch:
+            if live.get(key) != patch[key]:
+                return False
+        elif key in live and key not in SHARED_KEYS:
+            return False
+    have = {c.get("type"): c for c in live.get("conditions") or [] if c.get("type") in conditions}
+    want = {c.get("type"): c for c in patch.get("conditions") or []}
+    return have == want
+
+
+def write_rollout_status(
+    api: KubeApi,
+    meta: dict[str, Any],
+    live: dict[str, Any],
+    patch: dict[str, Any],
+    keys: tuple[str, ...],
+    conditions: tuple[str, ...],
+) -> bool:
+    """Apply the engine's status fields unless the live status already holds them;
+    whether anything was written."""
+    if rollout_status_holds(live, patch, keys, conditions):
+        return False
+    api.apply_status(
+        {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
+            "status": patch,
+        },
+        manager=ROLLOUT_FIELD_MANAGER,
+    )
+    return True
 
 
 def read_model_deployment(api: KubeApi, namespace: str, name: str) -> dict[str, Any] | None:
