@@ -15,6 +15,7 @@ from ..builders import LABEL_MODEL, MANAGED_BY
 from ..k8s.client import ApiError
 from ..k8s.kinds import MODEL_DEPLOYMENT
 from ..k8s.reconcile import ReconcileResult
+from ..metrics import METRICS
 from .state import SETTINGS, reconciler
 
 RECONCILES = Counter(
@@ -34,6 +35,11 @@ CHILD_LABELS: dict[str, Any] = {
     "app.kubernetes.io/managed-by": MANAGED_BY,
     LABEL_MODEL: kopf.PRESENT,
 }
+
+
+def _count(trigger: str, result: str) -> None:
+    RECONCILES.labels(trigger, result).inc()
+    METRICS.reconciles.labels(result).inc()
 
 
 def _post_events(body: Any, result: ReconcileResult) -> None:
@@ -89,7 +95,7 @@ def _reconcile(namespace: str, name: str, trigger: str, logger: kopf.Logger) -> 
         try:
             body = rec.api.get(MODEL_DEPLOYMENT, namespace, name)
         except ApiError as err:
-            RECONCILES.labels(trigger, "error").inc()
+            _count(trigger, "error")
             raise kopf.TemporaryError(f"cannot read {namespace}/{name}: {err}", delay=10) from err
         if body is None or body["metadata"].get("deletionTimestamp"):
             rec.forget(namespace, name)
@@ -99,7 +105,7 @@ def _reconcile(namespace: str, name: str, trigger: str, logger: kopf.Logger) -> 
         except ValidationError as err:
             # Admission lets through what only the operator can check (e.g. PromQL syntax):
             # report it and wait for the next spec change instead of retrying.
-            RECONCILES.labels(trigger, "invalid").inc()
+            _count(trigger, "invalid")
             _report_invalid(body, err)
             return
         if trigger == "resync":
@@ -107,11 +113,11 @@ def _reconcile(namespace: str, name: str, trigger: str, logger: kopf.Logger) -> 
         try:
             result = rec.reconcile(md)
         except ApiError as err:
-            RECONCILES.labels(trigger, "error").inc()
+            _count(trigger, "error")
             raise kopf.TemporaryError(f"API error while reconciling: {err}", delay=10) from err
         finally:
             RECONCILE_SECONDS.labels(trigger).observe(time.perf_counter() - started)
-        RECONCILES.labels(trigger, "ok").inc()
+        _count(trigger, "ok")
         for key in result.report.applied:
             WRITES.labels(key.split("/")[0], "apply").inc()
         for key in result.report.pruned:

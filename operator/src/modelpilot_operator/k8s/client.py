@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .kinds import Kind, kind_of
@@ -73,13 +74,27 @@ class KubeApi(Protocol):
 class ApiServer:
     """:class:`KubeApi` over a configured ``kubernetes.client.ApiClient``."""
 
-    def __init__(self, api_client: Any, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        api_client: Any,
+        timeout: float = 30.0,
+        on_write: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._client = api_client
         self._timeout = timeout
         self.writes: Counter[str] = Counter()
+        self._on_write = on_write
+
+    def _count_write(self, verb: str, kind: str) -> None:
+        """Every write request, whatever it changes (an apply may change nothing)."""
+        self.writes[f"{verb} {kind}"] += 1
+        if self._on_write is not None:
+            self._on_write(verb, kind)
 
     @classmethod
-    def from_environment(cls, context: str | None = None) -> ApiServer:
+    def from_environment(
+        cls, context: str | None = None, on_write: Callable[[str, str], None] | None = None
+    ) -> ApiServer:
         """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG)."""
         from kubernetes import client, config
 
@@ -92,7 +107,7 @@ class ApiServer:
             )
         # kopf runs sync handlers in a thread pool: one connection per worker.
         cfg.connection_pool_maxsize = 16
-        return cls(client.ApiClient(configuration=cfg))
+        return cls(client.ApiClient(configuration=cfg), on_write=on_write)
 
     def _call(
         self,
@@ -148,7 +163,7 @@ class ApiServer:
         query = [("fieldManager", manager)]
         if force:
             query.append(("force", "true"))
-        self.writes[f"apply {obj['kind']}"] += 1
+        self._count_write("apply", str(obj["kind"]))
         return self._call("PATCH", path, query, obj, "application/apply-patch+yaml")
 
     def apply(
@@ -166,7 +181,7 @@ class ApiServer:
         return self._apply(path, obj, manager, force)
 
     def delete(self, kind: Kind, namespace: str | None, name: str) -> bool:
-        self.writes[f"delete {kind.kind}"] += 1
+        self._count_write("delete", kind.kind)
         try:
             self._call(
                 "DELETE",
@@ -184,7 +199,7 @@ class ApiServer:
         return True
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        self.writes[f"create {obj['kind']}"] += 1
+        self._count_write("create", str(obj["kind"]))
         return self._call("POST", kind_of(obj).path(obj["metadata"].get("namespace")), body=obj)
 
     def served_kinds(self, api_version: str) -> set[str]:
