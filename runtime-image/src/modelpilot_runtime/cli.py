@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve a model repository")
+    # Also accepted after the subcommand; the top-level value is the default.
+    serve.add_argument("--log-level", default=argparse.SUPPRESS)
     _add(
         serve, "model-repository", None, type=Path, help="root holding <model>/<version>/model.onnx"
     )
@@ -83,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = sub.add_parser(
         "fetch", help="copy a model from file://, a path, http(s):// or s3:// into DEST"
     )
+    fetch.add_argument("--log-level", default=argparse.SUPPRESS)
     fetch.add_argument("uri")
     fetch.add_argument("dest", type=Path)
     fetch.add_argument(

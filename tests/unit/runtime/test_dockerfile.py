@@ -133,3 +133,10 @@ def test_the_image_command_starts_the_server(sample_repo: Path, tmp_path: Path) 
 
 def entrypoint_name() -> str:
     return str(json.loads(next(rest for word, rest in final_stage() if word == "ENTRYPOINT"))[0])
+
+
+def test_log_level_goes_before_or_after_the_subcommand() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--log-level", "debug"]).log_level == "debug"
+    assert parser.parse_args(["--log-level", "warning", "serve"]).log_level == "warning"
+    assert parser.parse_args(["fetch", "a", "b"]).log_level == "info"
