@@ -357,9 +357,13 @@ def main() -> None:
 def report(out: Path) -> None:
     """RESULTS.md from results.json (the full run) and, when present, results-realtime.json
     (a run under real-time priority, for latency at low concurrency)."""
-    full = json.loads((out / "results.json").read_text())
     rt_file = out / "results-realtime.json"
     realtime = json.loads(rt_file.read_text()) if rt_file.is_file() else None
+    full_file = out / "results.json"
+    full = json.loads(full_file.read_text()) if full_file.is_file() else realtime
+    if full is realtime:
+        realtime = None
+    assert full is not None, f"no results in {out}"
     write_report(full["rows"], full["meta"], full.get("ceilings", {}), out, realtime)
 
 

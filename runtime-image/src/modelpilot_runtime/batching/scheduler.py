@@ -255,12 +255,15 @@ class DynamicBatcher:
                 if deadline > time.monotonic():
                     await self._wait(deadline)
                     continue  # re-check: full, deadline passed, or closed
-            else:
-                # Let every request already readable in this loop turn join the batch.
-                await asyncio.sleep(0)
+            # No extra yield here: the worker was woken with call_soon, so every request that
+            # the same loop turn read has been queued before it runs.
             batch = self._take()
             if batch:
                 await self._run(batch)
+                if self._queue:
+                    # An inline run never suspends: let the answers go out and new requests
+                    # in before the next batch.
+                    await asyncio.sleep(0)
 
     def _take(self) -> list[_Waiting]:
         now = time.monotonic()
