@@ -384,7 +384,7 @@ def machine(
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
-        "wrk": wrk_version.strip(),
+        "wrk": wrk_version.split(" [")[0].strip(),
         "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],

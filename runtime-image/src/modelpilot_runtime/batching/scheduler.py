@@ -259,7 +259,7 @@ class DynamicBatcher:
                 # One more loop turn lets the requests read in the next poll join the batch.
                 # Without it batches at moderate concurrency are half as large and cost more
                 # CPU per request than they save (measured: 8 clients, tiny model); with it,
-                # batching adds one loop turn (about 25 µs) at concurrency 1.
+                # batching adds one loop turn at concurrency 1.
                 await asyncio.sleep(0)
             batch = self._take()
             if batch:
