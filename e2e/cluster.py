@@ -38,9 +38,9 @@ from e2e import versions
 from e2e.pki import CertPair, Pki
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SERVICE_CIDR = "10.0.0.0/24"
+# Room for benchmarks that create hundreds of Services.
+SERVICE_CIDR = "10.0.0.0/16"
 NODE_NAME = "modelpilot-local"
-PROMETHEUS_PORT = 19090
 PROMETHEUS_USER = "modelpilot:prometheus"
 # Set by the node agent in every container's environment, to the cluster's folder.
 POD_MARKER = "MODELPILOT_LOCAL_CLUSTER_POD"
@@ -62,11 +62,37 @@ class Ports:
     etcd_peer: int = 12380
     controller_manager: int = 17257
     scheduler: int = 17259
+    prometheus: int = 19090
+
+    @classmethod
+    def for_index(cls, index: int) -> Ports:
+        """Cluster N (``$MODELPILOT_CLUSTER_INDEX``) listens 100*N ports higher."""
+        base = cls()
+        return cls(**{k: v + 100 * index for k, v in vars(base).items()})
+
+
+def cluster_index() -> int:
+    """Which of several local clusters on this machine (0 unless told otherwise)."""
+    index = int(os.environ.get("MODELPILOT_CLUSTER_INDEX", "0"))
+    if not 0 <= index <= 9:
+        raise ClusterError("MODELPILOT_CLUSTER_INDEX must be 0..9")
+    return index
 
 
 def cluster_dir() -> Path:
     env = os.environ.get("MODELPILOT_CLUSTER_DIR")
-    return Path(env).expanduser() if env else buildmod.cache_root() / "cluster"
+    if env:
+        return Path(env).expanduser()
+    index = cluster_index()
+    return buildmod.cache_root() / ("cluster" if index == 0 else f"cluster-{index}")
+
+
+def pod_cidr() -> str:
+    """Pods of cluster N live on 127.0.N.0/24 (.1 is the node's own address)."""
+    return f"127.0.{cluster_index()}.0/24"
+
+
+PROMETHEUS_PORT = Ports.for_index(cluster_index()).prometheus
 
 
 @dataclass
@@ -74,7 +100,7 @@ class Layout:
     """Paths of one cluster's files."""
 
     root: Path = field(default_factory=cluster_dir)
-    ports: Ports = field(default_factory=Ports)
+    ports: Ports = field(default_factory=lambda: Ports.for_index(cluster_index()))
 
     @property
     def pki(self) -> Path:
@@ -695,7 +721,7 @@ class Cluster:
     def start_prometheus(self) -> None:
         """Prometheus with Kubernetes pod discovery against this cluster; idempotent."""
         existing = self.process("prometheus")
-        url = f"http://127.0.0.1:{PROMETHEUS_PORT}"
+        url = f"http://127.0.0.1:{self.layout.ports.prometheus}"
         if existing is not None and existing.alive():
             return
         self.kubectl("apply", "--server-side", "-f", "-", stdin=prometheus_rbac())
@@ -709,7 +735,7 @@ class Cluster:
                 f"--config.file={config}",
                 f"--storage.tsdb.path={self.layout.prometheus_data}",
                 "--storage.tsdb.retention.time=1d",
-                f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
+                f"--web.listen-address=127.0.0.1:{self.layout.ports.prometheus}",
                 "--web.enable-lifecycle",
                 "--log.level=warn",
             ],

@@ -25,17 +25,16 @@ import sys
 import threading
 import urllib.error
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from e2e import versions
-from e2e.cluster import POD_MARKER, Api, Layout
+from e2e.cluster import POD_MARKER, Api, Layout, pod_cidr
 from e2e.pods import PodRunner, now
 
 NODE_NAME = "modelpilot-local"
-POD_CIDR = "127.0.0.0/24"
 HEARTBEAT = 10.0
 LEASE_SECONDS = 40
 # Generous, like a large GPU box, so that pods rendered for production shapes schedule.
@@ -84,7 +83,7 @@ class AddressPool:
 class AgentConfig:
     layout: Layout
     node_name: str = NODE_NAME
-    cidr: str = POD_CIDR
+    cidr: str = field(default_factory=pod_cidr)
 
 
 class NodeAgent:

@@ -6,6 +6,7 @@ HTTP server shipped in ``e2e/``.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import urllib.parse
 import urllib.request
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster import NODE_NAME, PROMETHEUS_PORT, pod_processes
+from e2e.cluster import NODE_NAME, PROMETHEUS_PORT, pod_cidr, pod_processes
 from e2e.kube import LocalCluster, wait_for
 
 pytestmark = pytest.mark.integration
@@ -256,9 +257,11 @@ def test_replicas_share_a_port_on_their_own_addresses_and_scale(
         ip = pod["status"]["podIP"]
         assert http_get(f"http://{ip}:8080/")["pod"] == pod["metadata"]["name"]
 
-    # Pods live on 127.0.0.N, which EndpointSlice validation rejects: the Service exists
+    # Pods live on 127.0.N.M, which EndpointSlice validation rejects: the Service exists
     # but lists no endpoints here (see e2e/node_agent.py).
-    assert all(ip.startswith("127.0.0.") and ip != "127.0.0.1" for ip in ips)
+    net = ipaddress.ip_network(pod_cidr())
+    assert all(ipaddress.ip_address(ip) in net for ip in ips)
+    assert str(next(net.hosts())) not in ips  # .1 is the node's
 
     local_cluster.kubectl("scale", "deployment", "fleet", "-n", namespace, "--replicas=3")
     three = ready_pods(local_cluster, namespace, deployment_pods, 3)
