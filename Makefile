@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 PACKAGES := operator/src/modelpilot_operator runtime-image/src/modelpilot_runtime
 MYPY_TARGETS := $(patsubst %/__init__.py,%,$(wildcard $(addsuffix /__init__.py,$(PACKAGES)))) $(if $(wildcard e2e/*.py),e2e) tests
 
-.PHONY: all venv torchserve-env check fmt crds rbac test unit integration cluster-build cluster-up cluster-down demo demo-down clean
+.PHONY: all venv torchserve-env check fmt crds rbac test unit integration cluster-build cluster-up cluster-down demo demo-runtime demo-down clean
 
 all: test
 
@@ -80,7 +80,12 @@ test: check unit integration
 
 # For now: check an example ModelDeployment, then the runtime serving sample models on :8080
 # (see README); the cluster demo comes later.
+# The main job: the local cluster, the chart, a canary promoted and one rolled back, a plot.
 demo: $(STAMP)
+	$(BIN)/python -m e2e.demo
+
+# The runtime alone: serve the sample models on localhost:8080 for curl.
+demo-runtime: $(STAMP)
 	$(BIN)/modelpilot validate --show-defaults examples/canary.yaml
 	$(BIN)/python -m modelpilot_runtime.demo
 

@@ -26,7 +26,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,7 +224,9 @@ class Demo:
         """Print the rollout live until it ends; returns the final phase."""
         started = time.monotonic()
         last_line = ""
-        last_record = ""
+        # Only records of this rollout: the previous one's last interval is already shown.
+        previous = self.status().get("analysis") or []
+        last_record = json.dumps(previous[-1]) if previous else ""
         while time.monotonic() - started < timeout:
             st = self.status()
             phase = st.get("phase", "?")
@@ -257,17 +259,37 @@ class Demo:
                     raise DemoError(
                         f"rollout ended {phase}, expected {expect}: {st.get('message')}"
                     )
+                self._settle(st)
                 return str(phase)
             time.sleep(2)
         raise DemoError(f"rollout did not end within {timeout:.0f}s")
+
+    def _settle(self, decided: dict[str, Any]) -> None:
+        """Wait until the route reads back the decision (candidate at 100% or at 0%)."""
+        candidate = decided.get("candidate")
+        want = 100 if decided.get("phase") == "Promoted" else 0
+
+        def applied() -> dict[str, int] | None:
+            weights: dict[str, int] = self.status().get("weights") or {}
+            return weights if weights.get(str(candidate), 0) == want else None
+
+        weights = _wait("the route to carry the decision", applied, 60)
+        shown = " ".join(f"{v}={w}%" for v, w in sorted(weights.items()))
+        print(f"         route now carries [{shown}]")
+        self.timeline.append((time.time(), str(decided.get("phase")), dict(weights)))
 
 
 def _num(value: Any) -> str:
     return "-" if value is None else f"{float(value):.4g}"
 
 
-def plot(recording: Recording, path: Path) -> None:
-    """Traffic weights (read back from the route) and latency per version over time."""
+def plot(
+    recording: Recording,
+    path: Path,
+    phases: Sequence[tuple[float, str, dict[str, Any]]] = (),
+) -> None:
+    """Traffic weights (read back from the route) and latency per version over time, with
+    the rollout's decisions marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,6 +337,13 @@ def plot(recording: Recording, path: Path) -> None:
         )
     ax_l.set_ylabel("latency (ms)")
     ax_l.legend(loc="upper right", ncol=3)
+    last = None
+    for at, phase, _ in phases:
+        if phase != last and phase in TERMINAL | {"Progressing"}:
+            for ax in (ax_w, ax_l, ax_e):
+                ax.axvline(at - t0, color="grey", linestyle=":", linewidth=1)
+            ax_w.annotate(phase, (at - t0, 102), fontsize=8, rotation=0, ha="left")
+        last = phase
     ax_e.set_ylabel("errors (%)")
     ax_e.set_xlabel("seconds since traffic started")
     ax_e.legend(loc="upper right")
@@ -370,7 +399,7 @@ def run_demo(rate: float) -> int:
 
     progress.step("Writing the plot")
     png = OUT / "rollout.png"
-    plot(recording, png)
+    plot(recording, png, demo.timeline)
     print(f"  {png}")
     print(
         f"\nDone in {progress.elapsed():.0f}s. Look around:\n"

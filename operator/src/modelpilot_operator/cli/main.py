@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from .. import __version__
 from ..api.v1alpha1 import KIND, ModelDeployment
 from ..crdgen import render_crd
+from ..k8s.client import NoClusterError
 from . import operator as operator_cli
 from . import rollout as rollout_verbs
 
@@ -66,7 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "operator":
         return operator_cli.run(args)
     if args.command in ("status", *rollout_verbs.ACTIONS):
-        return rollout_verbs.run(args)
+        try:
+            return rollout_verbs.run(args)
+        except NoClusterError as err:
+            print(f"modelpilot: {err}", file=sys.stderr)
+            return 1
     return 2
 
 

@@ -71,6 +71,10 @@ class KubeApi(Protocol):
         ...
 
 
+class NoClusterError(RuntimeError):
+    """Neither in-cluster configuration nor a kubeconfig leads to an API server."""
+
+
 class ApiServer:
     """:class:`KubeApi` over a configured ``kubernetes.client.ApiClient``."""
 
@@ -102,9 +106,15 @@ class ApiServer:
         try:
             config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         except config.ConfigException:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                context=context, client_configuration=cfg
-            )
+            try:
+                config.load_kube_config(  # type: ignore[no-untyped-call]
+                    context=context, client_configuration=cfg
+                )
+            except (config.ConfigException, OSError) as err:
+                raise NoClusterError(
+                    "no Kubernetes cluster configured: not running in a pod, and no usable "
+                    f"kubeconfig (set KUBECONFIG or pass --context): {err}"
+                ) from err
         # kopf runs sync handlers in a thread pool: one connection per worker.
         cfg.connection_pool_maxsize = 16
         return cls(client.ApiClient(configuration=cfg), on_write=on_write)
