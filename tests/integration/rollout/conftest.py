@@ -10,10 +10,11 @@ says so.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,10 +207,13 @@ class Rollout:
 
         wait_for(f"versions {', '.join(names)} of {self.name} to be ready", ready, timeout, 1)
 
-    def start_traffic(self, rate: float = 20.0) -> MeshDriver:
+    def start_traffic(
+        self, rate: float = 20.0, body: Callable[[random.Random], dict[str, Any]] | None = None
+    ) -> MeshDriver:
         """The mesh stand-in: requests split by the weights read back from the route."""
-        self.driver = MeshDriver(self.api, self.namespace, self.name, rate=rate).start()
-        return self.driver
+        driver = MeshDriver(self.api, self.namespace, self.name, rate=rate, body=body)
+        self.driver = driver.start()
+        return driver
 
     def events(self) -> list[dict[str, Any]]:
         events = self.cluster.get(

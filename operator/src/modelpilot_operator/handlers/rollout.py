@@ -25,6 +25,7 @@ from ..analysis import (
 )
 from ..api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeployment, ModelDeploymentStatus
 from ..k8s.client import KubeApi
+from ..k8s.kinds import MODEL_DEPLOYMENT
 from ..k8s.routes import apply_weights, read_traffic
 from ..k8s.status import write_rollout_status
 from ..rollout import Decision, Event, Observations, analysis_due, reconcile
@@ -118,15 +119,26 @@ def _clients() -> tuple[KubeApi, MetricSource]:
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=5.0, initial_delay=1.0)
-def rollout_timer(body: kopf.Body, **_: Any) -> None:
-    """Advance the rollout of one ModelDeployment."""
+def rollout_timer(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
+    """Advance the rollout of one ModelDeployment.
+
+    The tick runs under the reconciler's lock for this object and on the object read
+    inside it, not on the body kopf hands over: that one may predate the last tick's status
+    write, and a reconcile running at the same time would render the route from the
+    desired weights it read before this tick changed them, putting the previous step's
+    weights back on the route.
+    """
     api, source = _clients()
 
     def emit(event: Event) -> None:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
 
     try:
-        rollout_tick(api, dict(body), source, datetime.now(UTC), emit)
+        with reconciler().exclusive(namespace or "", name):
+            live = api.get(MODEL_DEPLOYMENT, namespace, name)
+            if live is None or live["metadata"].get("deletionTimestamp"):
+                return
+            rollout_tick(api, live, source, datetime.now(UTC), emit)
     except ValidationError:
         # The reconciler reports an invalid spec in status and as an Event; the engine
         # waits for a valid one instead of failing (and retrying) every tick.
