@@ -249,3 +249,53 @@ def test_quiet_alerts_stay_quiet(scenario: Scenario, alert: str) -> None:
     """Nothing provokes these here (every pod ready, no slow or rejected requests, the
     rollout ended): their expressions must be empty, so they do not fire by accident."""
     assert _firing(_alert_rules(scenario)[alert], scenario.namespace) == []
+
+
+def test_helm_upgrade_rolls_the_operator_and_keeps_serving(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """Last in this module: an upgrade with a changed setting rolls the operator's pod, and
+    the ModelDeployment stays as the operator left it."""
+    values = {
+        "replicaCount": 1,
+        "operator": {
+            "watchNamespaces": [scenario.namespace],
+            "logFormat": "plain",
+            "logLevel": "debug",
+            "resyncPeriod": "15s",
+            "peering": "",
+            "prometheus": {"url": PROM, "timeout": "5s"},
+        },
+        "dashboards": {"namespace": scenario.namespace},
+        "prometheusRule": {"enabled": True},
+    }
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    helm(
+        scenario.cluster,
+        "upgrade",
+        scenario.release,
+        str(CHART),
+        "-n",
+        scenario.namespace,
+        "-f",
+        str(tmp_path / "values.yaml"),
+        "--wait",
+        "--timeout",
+        "3m",
+    )
+    deploy = scenario.cluster.get(
+        "deployment", f"{scenario.release}-modelpilot", "-n", scenario.namespace
+    )
+    assert deploy is not None
+    env = {
+        e["name"]: e.get("value")
+        for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["MODELPILOT_LOG_LEVEL"] == "debug"
+    assert env["MODELPILOT_RESYNC_PERIOD"] == "15s"
+    assert deploy["status"].get("readyReplicas") == 1
+    history = helm(scenario.cluster, "history", scenario.release, "-n", scenario.namespace)
+    assert "upgrade complete" in history.lower() or "deployed" in history
+    md = scenario.cluster.get("modeldeployment", NAME, "-n", scenario.namespace)
+    assert md is not None
+    assert md["status"]["phase"] == "RolledBack"
