@@ -140,3 +140,23 @@ def test_a_steady_tick_writes_nothing() -> None:
     for _ in range(3):
         tick()
     assert (len(api.status_writes), dict(api.objects)) == settled
+
+
+def test_the_timer_runs_only_while_the_engine_has_work() -> None:
+    from modelpilot_operator.handlers.rollout import rollout_has_work
+
+    settled = {
+        "phase": "Stable",
+        "stable": "v1",
+        "desiredWeights": {"v1": 100},
+        "mirrorPercent": 0,
+    }
+    spec = {"stable": "v1", "versions": []}
+    assert not rollout_has_work(spec, settled)  # type: ignore[arg-type]
+    assert rollout_has_work(spec, {})  # type: ignore[arg-type]
+    assert rollout_has_work({**spec, "rollout": {"candidate": "v2"}}, settled)  # type: ignore[arg-type]
+    assert rollout_has_work({**spec, "stable": "v2"}, settled)  # type: ignore[arg-type]
+    assert rollout_has_work(spec, {**settled, "phase": "Promoted"})  # type: ignore[arg-type]
+    asked = {**settled, "request": {"id": "r1", "action": "rollback"}}
+    assert rollout_has_work(spec, asked)  # type: ignore[arg-type]
+    assert not rollout_has_work(spec, {**asked, "handledRequest": "r1"})  # type: ignore[arg-type]

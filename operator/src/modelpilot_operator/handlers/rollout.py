@@ -118,7 +118,28 @@ def _clients() -> tuple[KubeApi, MetricSource]:
     return _api, _source
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=5.0, initial_delay=1.0)
+def rollout_has_work(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    """Whether the engine has anything to do: a rollout in the spec, a status that is not
+    the settled stable state yet, or a manual request not handled yet.
+
+    kopf re-evaluates this on every change of the object and runs the timer only while it
+    holds: 300 settled ModelDeployments ticking every 5 s cost 60 reads a second and crowded
+    the reconciler's resync out of the worker pool.
+    """
+    stable = spec.get("stable")
+    request = (status.get("request") or {}).get("id")
+    return bool(
+        spec.get("rollout")
+        or status.get("phase") != "Stable"
+        or status.get("stable") != stable
+        or status.get("candidate")
+        or (status.get("desiredWeights") or {}) != {stable: 100}
+        or status.get("mirrorPercent")
+        or (request and request != status.get("handledRequest"))
+    )
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=5.0, initial_delay=1.0, when=rollout_has_work)
 def rollout_timer(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
     """Advance the rollout of one ModelDeployment.
 
