@@ -96,6 +96,23 @@ def full() -> dict[str, Any]:
     }
 
 
+TORCHSERVE_TENSORS: dict[str, Any] = {
+    "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 8]}],
+    "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}],
+}
+
+
+def torchserve() -> dict[str, Any]:
+    """A TorchServe .mar with its declared tensors."""
+    obj = minimal()
+    obj["spec"]["versions"][0]["model"] = {
+        "format": "torchserve",
+        "storageUri": "s3://models/fraud-ts/1/",
+    }
+    obj["spec"]["versions"][0]["runtime"] = {"torchserve": copy.deepcopy(TORCHSERVE_TENSORS)}
+    return obj
+
+
 def _with(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     """A copy of base with the dotted path set (list indices as numbers); None deletes."""
     obj = copy.deepcopy(base)
@@ -148,7 +165,21 @@ VALID: list[Case] = [
             {"router": "none"},
         ),
     ),
-    Case("torchserve", _with(minimal(), "spec.versions.0.model.format", "torchserve")),
+    Case("torchserve", torchserve()),
+    Case(
+        "torchserve-raw",
+        _with(
+            torchserve(),
+            "spec.versions.0.runtime.torchserve",
+            {
+                "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]}],
+                "requestFormat": "raw",
+                "workers": 2,
+                "responseTimeout": "2m",
+            },
+        ),
+    ),
     Case(
         "pvc-and-path-uris",
         _with(minimal(), "spec.versions.0.model.storageUri", "pvc://models/fraud/1"),
@@ -289,8 +320,40 @@ INVALID: list[Case] = [
         "router none supports only the blueGreen strategy",
     ),
     Case(
+        "torchserve-without-tensors",
+        _with(minimal(), "spec.versions.0.model.format", "torchserve"),
+        "a torchserve model must declare its tensors",
+        "a torchserve model must declare its tensors",
+    ),
+    Case(
+        "torchserve-settings-on-onnx",
+        _with(torchserve(), "spec.versions.0.model.format", "onnx"),
+        "runtime.torchserve must be left out unless model.format is torchserve",
+        "runtime.torchserve must be left out unless model.format is torchserve",
+    ),
+    Case(
+        "torchserve-raw-with-fp32-input",
+        _with(torchserve(), "spec.versions.0.runtime.torchserve.requestFormat", "raw"),
+        "requestFormat raw must have exactly one BYTES input",
+        "requestFormat raw must have exactly one BYTES input",
+    ),
+    Case(
+        "torchserve-zero-dimension",
+        _with(
+            torchserve(),
+            "spec.versions.0.runtime.torchserve.inputs.0.shape",
+            [-1, 0],
+        ),
+        "tensor dimensions must be positive or -1",
+        "tensor dimensions must be positive or -1",
+    ),
+    Case(
         "quantized-torchserve",
-        _with(full(), "spec.versions.0.model.format", "torchserve"),
+        _with(
+            _with(full(), "spec.versions.0.model.format", "torchserve"),
+            "spec.versions.0.runtime.torchserve",
+            TORCHSERVE_TENSORS,
+        ),
         "quantization is only available for onnx models",
         "quantization is only available for onnx models",
     ),

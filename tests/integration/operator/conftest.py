@@ -3,10 +3,12 @@ the local cluster's admin identity or a ServiceAccount's, and a sample model on 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,3 +154,30 @@ def children(cluster: LocalCluster, namespace: str, kind: str, model: str) -> li
         "items", []
     )
     return sorted(i["metadata"]["name"] for i in items)
+
+
+def pod_answers(cluster: LocalCluster, namespace: str, model: str, version: str) -> bool:
+    """A pod of the version answers an inference request (the sample's [1, 8] input)
+    through its own pod IP."""
+    pods = cluster.get(
+        "pods",
+        "-n",
+        namespace,
+        "-l",
+        f"modelpilot.io/model={model},modelpilot.io/version={version}",
+    ) or {"items": []}
+    for pod in pods["items"]:
+        ip = pod.get("status", {}).get("podIP")
+        if not ip:
+            continue
+        body = json.dumps(
+            {"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0.1] * 8}]}
+        ).encode()
+        url = f"http://{ip}:8080/v2/models/{model}/versions/{version}/infer"
+        req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status == 200 and bool(json.loads(resp.read())["outputs"])
+        except OSError:
+            return False
+    return False

@@ -6,8 +6,6 @@ serving the sample model on the pod's own address.
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,35 +18,11 @@ from tests.integration.operator.conftest import (
     children,
     condition,
     model_deployment,
+    pod_answers,
     wait_condition,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def _pod_answers(cluster: LocalCluster, namespace: str, model: str, version: str) -> bool:
-    pods = cluster.get(
-        "pods",
-        "-n",
-        namespace,
-        "-l",
-        f"modelpilot.io/model={model},modelpilot.io/version={version}",
-    ) or {"items": []}
-    for pod in pods["items"]:
-        ip = pod.get("status", {}).get("podIP")
-        if not ip:
-            continue
-        body = json.dumps(
-            {"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0.1] * 8}]}
-        ).encode()
-        url = f"http://{ip}:8080/v2/models/{model}/versions/{version}/infer"
-        req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
-                return resp.status == 200 and bool(json.loads(resp.read())["outputs"])
-        except OSError:
-            return False
-    return False
 
 
 def test_create_update_delete(
@@ -60,7 +34,7 @@ def test_create_update_delete(
     assert children(local_cluster, namespace, "services", "fraud") == ["fraud", "fraud-v1"]
     assert children(local_cluster, namespace, "virtualservices", "fraud") == ["fraud"]
     assert children(local_cluster, namespace, "destinationrules", "fraud") == ["fraud"]
-    wait_for("v1 answering", lambda: _pod_answers(local_cluster, namespace, "fraud", "v1"))
+    wait_for("v1 answering", lambda: pod_answers(local_cluster, namespace, "fraud", "v1"))
     md = local_cluster.get("modeldeployment", "fraud", "-n", namespace)
     assert md is not None
     status = md["status"]
@@ -104,10 +78,10 @@ def test_create_update_delete(
     v2 = local_cluster.get("deployment", "fraud-v2", "-n", namespace)
     assert v2 is not None
     assert v2["spec"]["replicas"] == 2
-    wait_for("v2 answering", lambda: _pod_answers(local_cluster, namespace, "fraud", "v2"))
+    wait_for("v2 answering", lambda: pod_answers(local_cluster, namespace, "fraud", "v2"))
     wait_for(
         "v1 answering after its update",
-        lambda: _pod_answers(local_cluster, namespace, "fraud", "v1"),
+        lambda: pod_answers(local_cluster, namespace, "fraud", "v1"),
     )
 
     def both_ready() -> bool:

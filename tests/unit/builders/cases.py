@@ -8,7 +8,7 @@ from typing import Any
 
 from modelpilot_operator.api.v1alpha1 import ModelDeployment, ModelDeploymentStatus
 from modelpilot_operator.builders import BuildOptions
-from tests.api_cases import full, minimal
+from tests.api_cases import full, minimal, torchserve
 
 UID = "0b7c3f0e-5d2a-4c1e-9a8b-1f2e3d4c5b6a"
 IMAGE = "ghcr.io/modelpilot/runtime:0.1.0"
@@ -125,6 +125,22 @@ CASES = [
                     "routing": {"router": "none"},
                 },
             }
+        ),
+    ),
+    BuildCase(
+        "torchserve",
+        _spec(
+            with_meta(torchserve()),
+            versions=[
+                {
+                    **torchserve()["spec"]["versions"][0],
+                    "runtime": {
+                        **torchserve()["spec"]["versions"][0]["runtime"],
+                        "batching": {"maxBatchSize": 4, "maxDelay": "5ms"},
+                    },
+                    "resources": {"cpu": "1", "memory": "2Gi"},
+                }
+            ],
         ),
     ),
 ]

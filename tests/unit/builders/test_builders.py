@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from modelpilot_operator.api.v1alpha1 import (
     TrafficMatch,
 )
 from modelpilot_operator.builders import (
+    BuildOptions,
     Traffic,
     build_children,
     desired_traffic,
@@ -22,7 +24,7 @@ from modelpilot_operator.builders import (
 )
 from modelpilot_operator.builders.routes import build_http_route, build_virtual_service
 from modelpilot_operator.builders.workload import build_deployment, build_hpa, build_pdb
-from tests.api_cases import full, minimal
+from tests.api_cases import full, minimal, torchserve
 
 from .cases import CASES, IMAGE, BuildCase, with_meta
 
@@ -129,6 +131,52 @@ def test_pod_is_locked_down() -> None:
         assert sc["capabilities"] == {"drop": ["ALL"]}
         volumes = {v["name"] for v in pod["volumes"]}
         assert {m["name"] for m in c["volumeMounts"]} <= volumes
+
+
+def test_torchserve_pod_reads_its_config_beside_the_fetched_mar() -> None:
+    md = _md(torchserve())
+    version = md.spec.versions[0]
+    dep = build_deployment(md, version, BuildOptions(default_image=IMAGE))
+    pod = dep["spec"]["template"]
+    args = pod["spec"]["containers"][0]["args"]
+    assert "--providers" not in args
+    assert "--quantize" not in args
+    assert args[args.index("--max-batch-size") + 1] == "8"
+    fetch, config = pod["spec"]["initContainers"]
+    assert fetch["args"][:3] == ["fetch", "s3://models/fraud-ts/1/", "/mnt/models/fraud/v1"]
+    assert config["command"] == ["cp"]
+    assert config["args"][1] == "/mnt/models/fraud/config.json"
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "model-config")
+    field = volume["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"]
+    assert field == "metadata.annotations['modelpilot.io/model-config']"
+    assert config["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_torchserve_config_is_what_the_runtime_reads() -> None:
+    """The contract between the two packages: the runtime parses what the operator renders."""
+    from modelpilot_runtime.config import ModelConfig
+
+    obj = torchserve()
+    obj["spec"]["versions"][0]["runtime"]["torchserve"] |= {
+        "workers": 2,
+        "responseTimeout": "90s",
+    }
+    md = _md(obj)
+    dep = build_deployment(md, md.spec.versions[0], BuildOptions(default_image=IMAGE))
+    text = dep["spec"]["template"]["metadata"]["annotations"]["modelpilot.io/model-config"]
+    config = ModelConfig.model_validate(json.loads(text))
+    assert config.backend == "torchserve"
+    assert [t.name for t in config.torchserve.inputs] == ["input"]
+    assert config.torchserve.outputs[0].shape == [-1, 3]
+    assert (config.torchserve.workers, config.torchserve.response_timeout_s) == (2, 90)
+
+
+def test_onnx_pods_have_no_model_config() -> None:
+    md = _md(minimal())
+    dep = build_deployment(md, md.spec.versions[0], BuildOptions(default_image=IMAGE))
+    pod = dep["spec"]["template"]
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == ["fetch-model"]
+    assert "modelpilot.io/model-config" not in pod["metadata"]["annotations"]
 
 
 def test_runtime_image_of_the_version_wins() -> None:
@@ -305,13 +353,16 @@ def test_a_clean_spec_has_no_problems() -> None:
     assert find_problems(_md(full()), ALL_KINDS) == []
 
 
-def test_gs_and_torchserve_are_reported_with_a_fix() -> None:
+def test_gs_is_reported_with_a_fix() -> None:
     obj = minimal()
-    obj["spec"]["versions"][0]["model"] = {"format": "torchserve", "storageUri": "gs://b/m"}
+    obj["spec"]["versions"][0]["model"] = {"storageUri": "gs://b/m"}
     problems = find_problems(_md(obj), ALL_KINDS)
-    assert [p.reason for p in problems] == ["UnsupportedStorage", "UnsupportedFormat"]
+    assert [p.reason for p in problems] == ["UnsupportedStorage"]
     assert "use s3://" in problems[0].message
-    assert "model.format: onnx" in problems[1].message
+
+
+def test_torchserve_is_served() -> None:
+    assert find_problems(_md(torchserve()), ALL_KINDS) == []
 
 
 @pytest.mark.parametrize(

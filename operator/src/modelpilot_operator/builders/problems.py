@@ -14,7 +14,7 @@ from ..api.v1alpha1 import ModelDeployment
 
 # What `modelpilot-runtime fetch` can read; the API also accepts gs:// for other runtimes.
 FETCHABLE_SCHEMES = ("s3://", "http://", "https://", "file://", "pvc://", "/")
-SERVABLE_FORMATS = frozenset({"onnx"})
+# Every model.format the API admits (onnx, torchserve) is one the bundled runtime serves.
 
 ROUTE_KINDS = {"istio": ("VirtualService", "DestinationRule"), "gatewayApi": ("HTTPRoute",)}
 ROUTE_CRDS = {
@@ -46,15 +46,6 @@ def find_problems(md: ModelDeployment, installed_kinds: Collection[str]) -> list
                     "cannot fetch; use s3:// (for Google Cloud Storage, its S3-compatible "
                     "endpoint https://storage.googleapis.com as AWS_ENDPOINT_URL in the "
                     "credentials Secret), http(s)://, file://, pvc://<claim>/<path> or a path",
-                )
-            )
-        if v.model.format not in SERVABLE_FORMATS:
-            out.append(
-                Problem(
-                    "UnsupportedFormat",
-                    f"version {v.name}: model format {v.model.format} is not served by the "
-                    f"bundled runtime, which serves {', '.join(sorted(SERVABLE_FORMATS))}; "
-                    "export the model to ONNX and set model.format: onnx",
                 )
             )
     router = md.spec.routing.router

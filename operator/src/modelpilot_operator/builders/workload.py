@@ -23,6 +23,13 @@ from .meta import (
     version_object_name,
     version_selector,
 )
+from .torchserve import (
+    ANNOTATION_MODEL_CONFIG,
+    config_init_container,
+    config_volume,
+    is_torchserve,
+    model_config_text,
+)
 
 PVC_MOUNT = "/mnt/model-source"
 CACHE_DIR = "/var/cache/modelpilot"
@@ -70,10 +77,11 @@ def _ms(duration: str) -> str:
 
 
 def runtime_args(version: ModelVersion) -> list[str]:
-    """``modelpilot-runtime serve`` flags for the version's settings."""
+    """``modelpilot-runtime serve`` flags for the version's settings (the onnxruntime ones
+    only for ONNX models: a TorchServe model's settings are in its config file)."""
     rt = version.runtime
     batching = rt.batching
-    return [
+    args = [
         "serve",
         "--model-repository",
         MODELS_DIR,
@@ -87,16 +95,21 @@ def runtime_args(version: ModelVersion) -> list[str]:
         str(DRAIN_SECONDS),
         "--poll-interval",
         "0",
-        "--providers",
-        ",".join(rt.execution_providers),
-        "--graph-optimization",
-        _GRAPH_OPTIMIZATION[rt.graph_optimization],
-        "--intra-op-threads",
-        str(rt.intra_op_threads),
-        "--inter-op-threads",
-        str(rt.inter_op_threads),
-        "--quantize",
-        _QUANTIZE[rt.quantization.mode],
+    ]
+    if not is_torchserve(version):
+        args += [
+            "--providers",
+            ",".join(rt.execution_providers),
+            "--graph-optimization",
+            _GRAPH_OPTIMIZATION[rt.graph_optimization],
+            "--intra-op-threads",
+            str(rt.intra_op_threads),
+            "--inter-op-threads",
+            str(rt.inter_op_threads),
+            "--quantize",
+            _QUANTIZE[rt.quantization.mode],
+        ]
+    args += [
         "--max-batch-size",
         str(batching.max_batch_size if batching.enabled else 1),
         "--max-batch-delay-ms",
@@ -110,6 +123,7 @@ def runtime_args(version: ModelVersion) -> list[str]:
         "--cache-entries",
         str(rt.cache.max_entries if rt.cache.enabled else 0),
     ]
+    return args
 
 
 def fetch_args(md: ModelDeployment, version: ModelVersion) -> list[str]:
@@ -227,6 +241,18 @@ def build_deployment(
     if not runtime["env"]:
         del runtime["env"]
 
+    init_containers = [fetch]
+    pod_annotations = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(HTTP_PORT),
+        "prometheus.io/path": "/metrics",
+        ANNOTATION_REVISION: version_revision(version),
+    }
+    if is_torchserve(version):
+        init_containers.append(config_init_container(md, image, _container_security()))
+        volumes.append(config_volume())
+        pod_annotations[ANNOTATION_MODEL_CONFIG] = model_config_text(version)
+
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -238,7 +264,7 @@ def build_deployment(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-        "initContainers": [fetch],
+        "initContainers": init_containers,
         "containers": [runtime],
         "volumes": volumes,
     }
@@ -262,12 +288,7 @@ def build_deployment(
         "template": {
             "metadata": {
                 "labels": labels,
-                "annotations": {
-                    "prometheus.io/scrape": "true",
-                    "prometheus.io/port": str(HTTP_PORT),
-                    "prometheus.io/path": "/metrics",
-                    ANNOTATION_REVISION: version_revision(version),
-                },
+                "annotations": pod_annotations,
             },
             "spec": pod_spec,
         },

@@ -39,6 +39,10 @@ Strategy = Literal["canary", "abTest", "shadow", "blueGreen"]
 PromotionMode = Literal["auto", "manual"]
 Router = Literal["istio", "gatewayApi", "none"]
 BuiltinCheck = Literal["errorRate", "latencyP50", "latencyP99", "predictionDivergence"]
+TensorDatatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
 
 STORAGE_URI_PATTERN = r"^((s3|gs|https?|file|pvc)://[^\s]+|/[^\s]*)$"
 
@@ -146,6 +150,79 @@ class EnvVar(ApiModel):
     value: Annotated[str, StringConstraints(max_length=4096)] = ""
 
 
+class Tensor(ApiModel):
+    """One input or output of a TorchServe model (a ``.mar`` carries no signature)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.shape.all(d, d == -1 || d > 0)",
+                    "tensor dimensions must be positive or -1",
+                )
+            ]
+        }
+    )
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$", max_length=128)]
+    datatype: TensorDatatype
+    shape: list[Annotated[int, Field(ge=-1, le=1_000_000_000)]] = Field(
+        min_length=1,
+        max_length=8,
+        description="-1 is any size; -1 first makes the model batchable.",
+    )
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, value: list[int]) -> list[int]:
+        if any(d < -1 or d == 0 for d in value):
+            raise ValueError("tensor dimensions must be positive or -1")
+        return value
+
+
+class TorchServeSettings(ApiModel):
+    """How the runtime runs a ``.mar`` in its supervised TorchServe (format torchserve)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.requestFormat != 'raw' || "
+                    "(size(self.inputs) == 1 && self.inputs[0].datatype == 'BYTES')",
+                    "requestFormat raw must have exactly one BYTES input",
+                )
+            ]
+        }
+    )
+
+    inputs: list[Tensor] = Field(min_length=1, max_length=16, json_schema_extra=_list_map("name"))
+    outputs: list[Tensor] = Field(min_length=1, max_length=16, json_schema_extra=_list_map("name"))
+    request_format: Literal["json", "raw"] = Field(
+        default="json",
+        description="json: each row as a v2 JSON body; raw: the bytes of one BYTES input.",
+    )
+    workers: int = Field(default=1, ge=1, le=64, description="TorchServe Python workers.")
+    response_timeout: Duration = Field(
+        default="60s", description="TorchServe's limit for one request to its handler."
+    )
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _names_unique(cls, value: list[Tensor]) -> list[Tensor]:
+        names = [t.name for t in value]
+        if len(set(names)) != len(names):
+            raise ValueError("tensor names must not repeat")
+        return value
+
+    @model_validator(mode="after")
+    def _raw_takes_one_bytes_input(self) -> TorchServeSettings:
+        if self.request_format == "raw" and (
+            len(self.inputs) != 1 or self.inputs[0].datatype != "BYTES"
+        ):
+            raise ValueError("requestFormat raw must have exactly one BYTES input")
+        return self
+
+
 class RuntimeSettings(ApiModel):
     """How the bundled runtime serves the version."""
 
@@ -168,6 +245,10 @@ class RuntimeSettings(ApiModel):
     cache: ResultCache = Field(default_factory=ResultCache)
     env: list[EnvVar] = Field(
         default_factory=list, max_length=32, json_schema_extra=_list_map("name")
+    )
+    torchserve: TorchServeSettings | None = Field(
+        default=None,
+        description="Format torchserve: the model's tensors and TorchServe's settings.",
     )
 
     @field_validator("execution_providers")
@@ -241,6 +322,12 @@ class Scaling(ApiModel):
         return self
 
 
+TORCHSERVE_NEEDS_TENSORS = (
+    "a torchserve model must declare its tensors in runtime.torchserve (inputs, outputs)"
+)
+TORCHSERVE_ONLY = "runtime.torchserve must be left out unless model.format is torchserve"
+
+
 class ModelVersion(ApiModel):
     """A version of the model that may receive traffic."""
 
@@ -250,7 +337,15 @@ class ModelVersion(ApiModel):
                 cel(
                     "self.model.format != 'torchserve' || self.runtime.quantization.mode == 'none'",
                     "quantization is only available for onnx models",
-                )
+                ),
+                cel(
+                    "self.model.format != 'torchserve' || has(self.runtime.torchserve)",
+                    TORCHSERVE_NEEDS_TENSORS,
+                ),
+                cel(
+                    "self.model.format == 'torchserve' || !has(self.runtime.torchserve)",
+                    TORCHSERVE_ONLY,
+                ),
             ]
         }
     )
@@ -267,6 +362,10 @@ class ModelVersion(ApiModel):
     def _format_settings(self) -> ModelVersion:
         if self.model.format == "torchserve" and self.runtime.quantization.mode != "none":
             raise ValueError("quantization is only available for onnx models")
+        if self.model.format == "torchserve" and self.runtime.torchserve is None:
+            raise ValueError(TORCHSERVE_NEEDS_TENSORS)
+        if self.model.format != "torchserve" and self.runtime.torchserve is not None:
+            raise ValueError(TORCHSERVE_ONLY)
         return self
 
 
