@@ -447,6 +447,12 @@ def run(count: int, resync: str, out: Path) -> dict[str, Any]:
         }
         results["rss_mib_after_restart"] = op.rss_mib()
     finally:
+        # kopf's finalizer (it runs timers for each object) goes only while the operator
+        # runs: delete the ModelDeployments first, or the namespace never goes away.
+        if op.proc is not None and op.proc.poll() is None:
+            cluster.kubectl(
+                "delete", "modeldeployments", "--all", "-n", ns, "--timeout=600s", check=False
+            )
         op.stop()
         for w in watchers.values():
             w.stop.set()

@@ -100,7 +100,19 @@ def operator(
     op = OperatorProcess(namespace, local_cluster.kubeconfig, tmp_path / "operator.log")
     op.start()
     yield op
+    if not op.alive():
+        op.start()
+    release(local_cluster, namespace)
     op.stop()
+
+
+def release(cluster: LocalCluster, namespace: str) -> None:
+    """Delete the namespace's ModelDeployments while the operator still runs: kopf puts its
+    finalizer on every object it runs a timer for, and only a running operator removes it
+    (otherwise the namespace's deletion waits for it forever)."""
+    cluster.kubectl(
+        "delete", "modeldeployments", "--all", "-n", namespace, "--timeout=120s", check=False
+    )
 
 
 def model_deployment(name: str, namespace: str, model_dir: Path, **spec: Any) -> dict[str, Any]:

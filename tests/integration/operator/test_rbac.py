@@ -12,7 +12,13 @@ import yaml
 
 from e2e.kube import LocalCluster, wait_for
 from modelpilot_operator import rbac
-from tests.integration.operator.conftest import OperatorProcess, apply, children, model_deployment
+from tests.integration.operator.conftest import (
+    OperatorProcess,
+    apply,
+    children,
+    model_deployment,
+    release,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +95,7 @@ def test_operator_works_under_its_service_account(
         assert op.alive(), op.logs()
         assert "Forbidden" not in op.logs(), op.logs()
     finally:
+        release(local_cluster, namespace)
         op.stop()
 
 
