@@ -103,6 +103,23 @@ class Keys:
     api: str
 
 
+# AF_UNIX paths hold at most 107 bytes; a worker socket is <base>/<instance dir, up to 43
+# bytes>/tmp/.ts.sock.NNNN (18 bytes).
+_SOCKET_PATH_MAX = 107
+_INSTANCE_SUFFIX = 43 + 18 + 2
+
+
+def _short_tempdir() -> str | None:
+    """The temp folder, unless its path is too long for the worker sockets under it (a deep
+    TMPDIR), then the first writable short one; None keeps tempfile's default."""
+    if len(tempfile.gettempdir()) + _INSTANCE_SUFFIX <= _SOCKET_PATH_MAX:
+        return None
+    for candidate in ("/tmp", "/dev/shm", "/var/tmp"):
+        if os.access(candidate, os.W_OK | os.X_OK):
+            return candidate
+    return None
+
+
 def free_ports(count: int) -> list[int]:
     """Ports the kernel hands out now; held together so that no two are the same."""
     socks = []
@@ -167,7 +184,9 @@ class TorchServeProcess:
         """Start Java and wait until the inference API answers `/ping` (or raise)."""
         # A short base directory: worker sockets live under it and Unix socket paths are
         # limited to 107 bytes.
-        self.root = Path(tempfile.mkdtemp(prefix=f"modelpilot-ts-{self.name[:20]}-"))
+        self.root = Path(
+            tempfile.mkdtemp(prefix=f"modelpilot-ts-{self.name[:20]}-", dir=_short_tempdir())
+        )
         for sub in ("model-store", "logs", "tmp"):
             (self.root / sub).mkdir()
         p = free_ports(5)
