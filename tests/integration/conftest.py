@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,13 @@ def namespace(local_cluster: LocalCluster, request: pytest.FixtureRequest) -> It
     )
     yield name
     local_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def crd_installed(local_cluster: LocalCluster) -> None:
+    """The ModelDeployment CRD from crds/, established."""
+    crds = Path(__file__).resolve().parents[2] / "crds"
+    local_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
+    local_cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/modeldeployments.modelpilot.io"
+    )

@@ -29,7 +29,7 @@ from e2e.kube import LocalCluster, wait_for
 from e2e.traffic import MeshDriver
 from modelpilot_operator.k8s.client import ApiServer
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "modelpilot"

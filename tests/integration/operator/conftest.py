@@ -4,10 +4,6 @@ the local cluster's admin identity or a ServiceAccount's, and a sample model on 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,70 +13,9 @@ import pytest
 import yaml
 
 from e2e.kube import LocalCluster, wait_for
+from e2e.operator_process import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[3]
-RUNTIME_IMAGE = "ghcr.io/modelpilot/runtime:test"
-
-
-class OperatorProcess:
-    """``modelpilot operator run`` watching one namespace; killable and restartable."""
-
-    def __init__(self, namespace: str, kubeconfig: Path, log: Path, resync: str = "3s") -> None:
-        self.namespace = namespace
-        self.kubeconfig = kubeconfig
-        self.log = log
-        self.resync = resync
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        cmd = [
-            sys.executable,
-            "-m",
-            "modelpilot_operator.cli.main",
-            "operator",
-            "run",
-            "-n",
-            self.namespace,
-            "--resync-period",
-            self.resync,
-            "--metrics-port",
-            "0",
-            "--runtime-image",
-            RUNTIME_IMAGE,
-        ]
-        # The child keeps its own copy of the descriptor.
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up of any kind, as when a node dies."""
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-@pytest.fixture(scope="session")
-def crd_installed(local_cluster: LocalCluster) -> None:
-    local_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    local_cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/modeldeployments.modelpilot.io"
-    )
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from e2e.kube import LocalCluster, wait_for
+from e2e.operator_process import OperatorProcess
 from tests.integration.operator.conftest import (
-    OperatorProcess,
     apply,
     children,
     condition,
@@ -22,7 +22,8 @@ from tests.integration.operator.conftest import (
     wait_condition,
 )
 
-pytestmark = pytest.mark.integration
+# Generous: pods start slowly on a loaded machine; the timeout only stops a hung run.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 def test_create_update_delete(

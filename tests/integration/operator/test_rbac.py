@@ -11,16 +11,17 @@ import pytest
 import yaml
 
 from e2e.kube import LocalCluster, wait_for
+from e2e.operator_process import OperatorProcess
 from modelpilot_operator import rbac
 from tests.integration.operator.conftest import (
-    OperatorProcess,
     apply,
     children,
     model_deployment,
     release,
 )
 
-pytestmark = pytest.mark.integration
+# Generous: pods start slowly on a loaded machine; the timeout only stops a hung run.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 @pytest.fixture

@@ -16,15 +16,16 @@ from pathlib import Path
 import pytest
 
 from e2e.kube import LocalCluster
+from e2e.operator_process import OperatorProcess
 from tests.integration.operator.conftest import (
-    OperatorProcess,
     apply,
     model_deployment,
     pod_answers,
     wait_condition,
 )
 
-pytestmark = pytest.mark.integration
+# Generous: pods start slowly on a loaded machine; the timeout only stops a hung run.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 def _node_agent_python(cluster: LocalCluster) -> str | None:

@@ -9,11 +9,7 @@ says so.
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,77 +21,16 @@ import yaml
 from e2e.cluster import PROMETHEUS_PORT
 from e2e.demo import _version, write_models
 from e2e.kube import LocalCluster, wait_for
+from e2e.operator_process import OperatorProcess
 from e2e.traffic import MeshDriver
 from modelpilot_operator.k8s.client import ApiServer
 from modelpilot_operator.k8s.kinds import MODEL_DEPLOYMENT
 
 ROOT = Path(__file__).resolve().parents[3]
 PROMETHEUS_URL = f"http://127.0.0.1:{PROMETHEUS_PORT}"
-RUNTIME_IMAGE = "ghcr.io/modelpilot/runtime:test"
 NAME = "fraud"
 # Generous: only keeps a broken cluster from hanging the run, never a claim on speed.
 ROLLOUT_TIMEOUT = 480.0
-
-
-class OperatorProcess:
-    """``modelpilot operator run -n NAMESPACE`` as a child process; killable, restartable."""
-
-    def __init__(self, namespace: str, kubeconfig: Path, log: Path) -> None:
-        self.namespace = namespace
-        self.kubeconfig = kubeconfig
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        assert not self.alive(), "the operator is already running"
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "MODELPILOT_PROMETHEUS_URL": PROMETHEUS_URL,
-            "MODELPILOT_PROMETHEUS_TIMEOUT": "5s",
-            "MODELPILOT_RESYNC_PERIOD": "3s",
-            "MODELPILOT_METRICS_PORT": "0",
-            "MODELPILOT_RUNTIME_IMAGE": RUNTIME_IMAGE,
-            "MODELPILOT_LOG_FORMAT": "plain",
-        }
-        modelpilot = Path(sys.executable).parent / "modelpilot"
-        cmd = [str(modelpilot), "operator", "run", "-n", self.namespace]
-        self.starts += 1
-        with self.log.open("ab") as out:
-            out.write(f"--- start {self.starts}: {' '.join(cmd)}\n".encode())
-            out.flush()
-            # The child keeps its own copy of the descriptor.
-            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up of any kind, as when the operator's node dies."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
-@pytest.fixture(scope="session")
-def crd_installed(local_cluster: LocalCluster) -> None:
-    local_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    local_cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/modeldeployments.modelpilot.io"
-    )
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +53,8 @@ def operator(
     prometheus: str,
     tmp_path: Path,
 ) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(namespace, local_cluster.kubeconfig, tmp_path / "operator.log")
+    settings = {"MODELPILOT_PROMETHEUS_URL": prometheus, "MODELPILOT_PROMETHEUS_TIMEOUT": "5s"}
+    op = OperatorProcess(namespace, local_cluster.kubeconfig, tmp_path / "operator.log", settings)
     op.start()
     try:
         yield op

@@ -24,10 +24,11 @@ from typing import Any
 
 import pytest
 
+from e2e.operator_process import OperatorProcess
 from e2e.traffic import infer_body
 from modelpilot_operator.rollout import parse_time
 
-from .conftest import ROLLOUT_TIMEOUT, OperatorProcess, Rollout, analysis, version
+from .conftest import ROLLOUT_TIMEOUT, Rollout, analysis, version
 
 # Per test: the pod start-up and the rollout itself, both bounded by the waits inside.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
