@@ -93,13 +93,13 @@ def write_models(root: Path) -> dict[str, Path]:
     for version, seed in (("v1", 1), ("v2", 2)):
         folder = root / NAME / version
         folder.mkdir(parents=True, exist_ok=True)
-        data = samples._dense_classifier([8, 16, 3], seed=seed, name=f"{NAME}-{version}")
+        data = samples.dense_classifier([8, 16, 3], seed=seed, name=f"{NAME}-{version}")
         (folder / "model.onnx").write_bytes(data)
         out[version] = folder
     return out
 
 
-def _version(name: str, model_dir: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+def version_spec(name: str, model_dir: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     v: dict[str, Any] = {
         "name": name,
         "model": {"format": "onnx", "storageUri": f"file://{model_dir}/"},
@@ -374,8 +374,8 @@ def run_demo(rate: float) -> int:
         print(f"  {version}: {folder}/model.onnx")
 
     progress.step(f"Deploying ModelDeployment {NAMESPACE}/{NAME} with version v1")
-    v1 = _version("v1", models["v1"])
-    v2 = _version("v2", models["v2"])
+    v1 = version_spec("v1", models["v1"])
+    v2 = version_spec("v2", models["v2"])
     demo.apply(manifest([v1], "v1", None))
     demo.wait_ready()
     print("  " + demo.kubectl("get", "modeldeployments", "-n", NAMESPACE).replace("\n", "\n  "))
@@ -390,7 +390,7 @@ def run_demo(rate: float) -> int:
         time.sleep(10)
 
         progress.step("Canary of v3, which answers 20% errors")
-        v3 = _version("v3", models["v2"], {"MODELPILOT_FAULT_ERROR_RATIO": "0.2"})
+        v3 = version_spec("v3", models["v2"], {"MODELPILOT_FAULT_ERROR_RATIO": "0.2"})
         demo.apply(manifest([v2, v3], "v2", "v3"))
         demo.watch_rollout(driver, expect="RolledBack")
         time.sleep(5)

@@ -44,7 +44,9 @@ def _finish(graph: Any) -> bytes:
     return bytes(model.SerializeToString())
 
 
-def _dense_classifier(sizes: list[int], seed: int, name: str) -> bytes:
+def dense_classifier(sizes: list[int], seed: int, name: str) -> bytes:
+    """An MLP classifier ``sizes[0] -> ... -> sizes[-1]`` with softmax ``probabilities``;
+    the same seed gives the same weights, another seed a model that predicts differently."""
     onnx, helper, numpy_helper = _helpers()
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
@@ -75,11 +77,11 @@ def _dense_classifier(sizes: list[int], seed: int, name: str) -> bytes:
 
 
 def tiny() -> bytes:
-    return _dense_classifier([8, 16, 3], seed=1, name="tiny")
+    return dense_classifier([8, 16, 3], seed=1, name="tiny")
 
 
 def mlp() -> bytes:
-    return _dense_classifier([784, 256, 10], seed=2, name="mlp")
+    return dense_classifier([784, 256, 10], seed=2, name="mlp")
 
 
 def cnn() -> bytes:

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from e2e.cluster import PROMETHEUS_PORT
-from e2e.demo import _version, write_models
+from e2e.demo import version_spec, write_models
 from e2e.kube import LocalCluster, wait_for
 from e2e.traffic import MeshDriver
 from modelpilot_operator.k8s.client import ApiServer
@@ -113,9 +113,9 @@ def scenario(
     (tmp / "values.yaml").write_text(yaml.safe_dump(values))
     helm(local_cluster, "install", release, str(CHART), "-n", ns, "-f", str(tmp / "values.yaml"))
     models = write_models(tmp / "models")
-    v1 = _version("v1", models["v1"])
+    v1 = version_spec("v1", models["v1"])
     # v2 fails a third of its requests: the error-ratio alert and the rollback have a cause.
-    v2 = _version("v2", models["v2"], {"MODELPILOT_FAULT_ERROR_RATIO": "0.35"})
+    v2 = version_spec("v2", models["v2"], {"MODELPILOT_FAULT_ERROR_RATIO": "0.35"})
     local_cluster.kubectl("apply", "--server-side", "-f", "-", stdin=_md(ns, [v1, v2], "v2"))
     api = ApiServer.from_environment()
     driver = MeshDriver(api, ns, NAME, rate=15)

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from e2e.cluster import PROMETHEUS_PORT
-from e2e.demo import _version, write_models
+from e2e.demo import version_spec, write_models
 from e2e.kube import LocalCluster, wait_for
 from e2e.operator_process import OperatorProcess
 from e2e.traffic import MeshDriver
@@ -64,7 +64,7 @@ def operator(
 
 def version(name: str, model_dir: Path, *, faults: dict[str, str] | None = None) -> dict[str, Any]:
     """One version of the ModelDeployment: a sample classifier on one small CPU pod."""
-    v = _version(name, model_dir, faults)
+    v = version_spec(name, model_dir, faults)
     v["runtime"]["warmup"] = {"enabled": False}
     v["resources"] = {"cpu": "100m", "memory": "256Mi"}
     return v
