@@ -17,7 +17,8 @@ from urllib.parse import parse_qs
 
 import httpx
 
-from modelpilot_operator.analysis import PrometheusClient, PrometheusSettings, PrometheusSource
+from modelpilot_operator.adapters import PrometheusClient, PrometheusSource
+from modelpilot_operator.analysis import PrometheusSettings
 
 
 @dataclass

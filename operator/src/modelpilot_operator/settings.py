@@ -1,134 +1,160 @@
-"""Operator settings: environment variables, which the ``modelpilot operator run`` flags set.
+"""Operator settings: one :class:`Settings`, from ``MODELPILOT_*`` variables with the
+``modelpilot operator run`` flags over them, passed explicitly to what needs it.
 
-=============================  =======================================================
-``MODELPILOT_NAMESPACES``      comma-separated namespaces to watch; empty: all
-``MODELPILOT_LOG_LEVEL``       debug, info, warning, error (default info)
-``MODELPILOT_LOG_FORMAT``      json or plain (default plain)
-``MODELPILOT_RESYNC_PERIOD``   how often every ModelDeployment is re-checked (default 5m)
-``MODELPILOT_RUNTIME_IMAGE``   runtime image for versions that name none
-``MODELPILOT_PEERING``         kopf peering name for leader election; empty: standalone
-``MODELPILOT_METRICS_PORT``    port of /healthz and /metrics (default 8080; 0: off)
-``MODELPILOT_PROMETHEUS_URL``  Prometheus the rollout analysis queries
-``MODELPILOT_PROMETHEUS_TIMEOUT``  per query (default 10s)
-``MODELPILOT_PROMETHEUS_TOKEN``    bearer token for Prometheus, if it needs one
-``MODELPILOT_SERVICE_MONITOR`` make a ServiceMonitor per model when the CRD exists (true)
-``MODELPILOT_PROBE_PROVIDERS`` ask a ready pod per version for its execution provider (true)
-=============================  =======================================================
+===================================  ===================================================
+``MODELPILOT_NAMESPACES``            comma-separated namespaces to watch; empty: all
+``MODELPILOT_LOG_LEVEL``             debug, info, warning, error (default info)
+``MODELPILOT_LOG_FORMAT``            json or plain (default plain)
+``MODELPILOT_RESYNC_PERIOD``         how often every ModelDeployment is re-checked (5m)
+``MODELPILOT_WORKERS``               ModelDeployments reconciled at once (default 4)
+``MODELPILOT_RUNTIME_IMAGE``         runtime image for versions that name none
+``MODELPILOT_METRICS_PORT``          port of /healthz and /metrics (default 8080; 0: off)
+``MODELPILOT_LEADER_ELECTION``       elect one active replica on a Lease (default true)
+``MODELPILOT_LEADER_ELECTION_NAMESPACE``  namespace of the Lease (default: the pod's
+                                     namespace, else the first watched one, else default)
+``MODELPILOT_LEADER_ELECTION_NAME``  name of the Lease (default modelpilot-operator)
+``MODELPILOT_LEADER_ID``             this replica's identity (default: the pod's name, else
+                                     host name and process id)
+``MODELPILOT_LEASE_DURATION``        how long a Lease holds without renewal (default 15s)
+``MODELPILOT_PROMETHEUS_URL``        Prometheus the rollout analysis queries
+``MODELPILOT_PROMETHEUS_TIMEOUT``    per query (default 10s)
+``MODELPILOT_PROMETHEUS_TOKEN``      bearer token for Prometheus (or ``..._TOKEN_FILE``)
+``MODELPILOT_PROMETHEUS_USERNAME``   basic auth (with ``..._PASSWORD``)
+``MODELPILOT_PROMETHEUS_INSECURE_SKIP_VERIFY``  do not verify Prometheus's certificate
+``MODELPILOT_PROMETHEUS_NAMESPACE_LABEL``  label holding the pod namespace (namespace)
+``MODELPILOT_SERVICE_MONITOR``       make a ServiceMonitor per model when the CRD exists
+``MODELPILOT_PROBE_PROVIDERS``       ask a ready pod per version for its execution provider
+===================================  ===================================================
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from . import __version__
+from .analysis.prometheus import PrometheusSettings
 from .api.v1alpha1 import parse_duration
 
 PREFIX = "MODELPILOT_"
 DEFAULT_RUNTIME_IMAGE = f"ghcr.io/modelpilot/runtime:{__version__}"
+DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("plain", "json")
 
-
-def _choice(options: tuple[str, ...]) -> object:
-    def conv(text: str) -> str:
-        value = text.strip().lower()
-        if value not in options:
-            raise ValueError(f"expected one of {', '.join(options)}")
-        return value
-
-    return conv
+Duration = Annotated[float, Field(gt=0)]
 
 
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
+def _duration(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text)
+        except ValueError:
+            return parse_duration(text)
+    return value
 
 
-@dataclass(frozen=True)
-class Settings:
-    namespaces: tuple[str, ...] = ()
-    log_level: str = "info"
-    log_format: str = "plain"
-    resync_period: float = 300.0
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore")
+
+    namespaces: Annotated[tuple[str, ...], NoDecode] = ()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["plain", "json"] = "plain"
+    resync_period: Duration = 300.0
+    workers: Annotated[int, Field(ge=1, le=64)] = 4
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
-    peering: str = ""
-    metrics_port: int = 8080
-    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
-    prometheus_timeout: float = 10.0
-    prometheus_token: str = field(default="", repr=False)
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    leader_election: bool = True
+    leader_election_namespace: str = ""
+    leader_election_name: str = "modelpilot-operator"
+    leader_id: str = ""
+    lease_duration: Duration = 15.0
+    prometheus_url: str = DEFAULT_PROMETHEUS_URL
+    prometheus_timeout: Duration = 10.0
+    prometheus_token: str = Field(default="", repr=False)
+    prometheus_token_file: str = ""
+    prometheus_username: str = ""
+    prometheus_password: str = Field(default="", repr=False)
+    prometheus_insecure_skip_verify: bool = False
+    prometheus_namespace_label: str = "namespace"
     service_monitor: bool = True
     probe_providers: bool = True
 
-    def __post_init__(self) -> None:
-        if self.log_level not in LOG_LEVELS:
-            raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
-        if self.log_format not in LOG_FORMATS:
-            raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}")
-        if self.resync_period <= 0:
-            raise ValueError("resync period must be longer than 0")
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(n.strip() for n in value.split(",") if n.strip())
+        return value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("resync_period", "prometheus_timeout", "lease_duration", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> Any:
+        return _duration(value)
+
+    @model_validator(mode="after")
+    def _token_file(self) -> Settings:
+        if self.prometheus_token_file and not self.prometheus_token:
+            token = Path(self.prometheus_token_file).read_text().strip()
+            object.__setattr__(self, "prometheus_token", token)
+        return self
 
     @property
     def all_namespaces(self) -> bool:
         return not self.namespaces
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Settings from ``MODELPILOT_*`` variables; a wrong value raises ValueError naming it."""
-        env = os.environ if env is None else env
-        d = cls()
-
-        def get(name: str) -> str | None:
-            return env.get(PREFIX + name)
-
-        def parse(name: str, default: object, conv: object) -> object:
-            raw = get(name)
-            if raw is None or raw == "":
-                return default
-            try:
-                return conv(raw)  # type: ignore[operator]
-            except ValueError as exc:
-                raise ValueError(f"{PREFIX}{name}={raw!r}: {exc}") from None
-
-        namespaces = tuple(n.strip() for n in (get("NAMESPACES") or "").split(",") if n.strip())
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``env`` (the process environment when None), ``overrides`` over
+        them; a wrong value raises ValueError naming the variable."""
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = source.get(PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = raw
+        values |= {k: v for k, v in overrides.items() if v is not None}
         try:
-            return cls(
-                namespaces=namespaces,
-                log_level=str(parse("LOG_LEVEL", d.log_level, _choice(LOG_LEVELS))),
-                log_format=str(parse("LOG_FORMAT", d.log_format, _choice(LOG_FORMATS))),
-                resync_period=float(parse("RESYNC_PERIOD", d.resync_period, parse_duration)),  # type: ignore[arg-type]
-                runtime_image=str(parse("RUNTIME_IMAGE", d.runtime_image, str)),
-                peering=get("PEERING") or "",
-                metrics_port=int(parse("METRICS_PORT", d.metrics_port, int)),  # type: ignore[call-overload]
-                prometheus_url=str(parse("PROMETHEUS_URL", d.prometheus_url, str)),
-                prometheus_timeout=float(
-                    parse("PROMETHEUS_TIMEOUT", d.prometheus_timeout, parse_duration)  # type: ignore[arg-type]
-                ),
-                prometheus_token=get("PROMETHEUS_TOKEN") or "",
-                service_monitor=bool(parse("SERVICE_MONITOR", d.service_monitor, _bool)),
-                probe_providers=bool(parse("PROBE_PROVIDERS", d.probe_providers, _bool)),
-            )
-        except ValueError as exc:
-            raise ValueError(str(exc)) from None
+            # The environment was read above, so a given env= is the only source.
+            return cls.model_validate(values)
+        except ValidationError as err:
+            first = err.errors()[0]
+            name = str(first["loc"][0]) if first["loc"] else "?"
+            where = f"{PREFIX}{name.upper()}" if name in values else name
+            given = values.get(name)
+            raise ValueError(f"{where}={given!r}: {first['msg']}") from None
 
-    def to_env(self) -> dict[str, str]:
-        """The variables that give these settings (for a child process, or kopf run -m)."""
-        return {
-            PREFIX + "NAMESPACES": ",".join(self.namespaces),
-            PREFIX + "LOG_LEVEL": self.log_level,
-            PREFIX + "LOG_FORMAT": self.log_format,
-            PREFIX + "RESYNC_PERIOD": f"{self.resync_period:g}s",
-            PREFIX + "RUNTIME_IMAGE": self.runtime_image,
-            PREFIX + "PEERING": self.peering,
-            PREFIX + "METRICS_PORT": str(self.metrics_port),
-            PREFIX + "PROMETHEUS_URL": self.prometheus_url,
-            PREFIX + "PROMETHEUS_TIMEOUT": f"{self.prometheus_timeout:g}s",
-            PREFIX + "PROMETHEUS_TOKEN": self.prometheus_token,
-            PREFIX + "SERVICE_MONITOR": str(self.service_monitor).lower(),
-            PREFIX + "PROBE_PROVIDERS": str(self.probe_providers).lower(),
-        }
+    def lease_namespace(self) -> str:
+        return (
+            self.leader_election_namespace
+            or os.environ.get("POD_NAMESPACE", "")
+            or (self.namespaces[0] if self.namespaces else "")
+            or "default"
+        )
+
+    def identity(self) -> str:
+        return (
+            self.leader_id or os.environ.get("POD_NAME") or f"{os.uname().nodename}-{os.getpid()}"
+        )
+
+    def prometheus(self) -> PrometheusSettings:
+        return PrometheusSettings(
+            url=self.prometheus_url,
+            bearer_token=self.prometheus_token or None,
+            username=self.prometheus_username or None,
+            password=self.prometheus_password or None,
+            timeout_s=self.prometheus_timeout,
+            verify_tls=not self.prometheus_insecure_skip_verify,
+            namespace_label=self.prometheus_namespace_label,
+        )

@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from modelpilot_operator.adapters import PrometheusClient, PrometheusSource
 from modelpilot_operator.analysis import (
     MetricsUnavailableError,
-    PrometheusClient,
     PrometheusSettings,
-    PrometheusSource,
     QueryError,
     Target,
 )
+from modelpilot_operator.settings import DEFAULT_PROMETHEUS_URL, Settings
 from modelpilot_operator.analysis.prometheus import (
     classes_query,
     latency_query,
@@ -37,7 +37,7 @@ def test_queries_follow_the_metric_contract() -> None:
         "sum by (le) (increase(modelpilot_inference_request_duration_seconds_bucket"
         '{namespace="ml",model="fraud",version="v1"}[300s]))'
     )
-    no_ns = PrometheusSettings(namespace_label="")
+    no_ns = PrometheusSettings(url="http://prom:9090", namespace_label="")
     assert classes_query(no_ns, T, "v2", 60) == (
         "sum by (class) (increase(modelpilot_prediction_class_total"
         '{model="fraud",version="v2"}[60s]))'
@@ -100,25 +100,26 @@ def test_settings_from_the_environment(tmp_path: object) -> None:
 
     token = pathlib.Path(str(tmp_path)) / "token"
     token.write_text("secret\n")
-    s = PrometheusSettings.from_env(
+    s = Settings.load(
         {
             "MODELPILOT_PROMETHEUS_URL": "https://prom.example:9091",
             "MODELPILOT_PROMETHEUS_TOKEN_FILE": str(token),
             "MODELPILOT_PROMETHEUS_TIMEOUT": "2.5",
             "MODELPILOT_PROMETHEUS_INSECURE_SKIP_VERIFY": "true",
         }
-    )
+    ).prometheus()
     assert s.url == "https://prom.example:9091"
     assert s.bearer_token == "secret"
     assert s.timeout_s == 2.5
     assert s.verify_tls is False
-    assert PrometheusSettings.from_env({}).url == PrometheusSettings().url
+    # One default, in one place.
+    assert Settings.load({}).prometheus().url == DEFAULT_PROMETHEUS_URL
 
 
 def test_timeout_as_the_chart_writes_it() -> None:
     # The chart and the operator settings write durations ("5s"), not bare seconds.
-    assert PrometheusSettings.from_env({"MODELPILOT_PROMETHEUS_TIMEOUT": "5s"}).timeout_s == 5
-    assert PrometheusSettings.from_env({"MODELPILOT_PROMETHEUS_TIMEOUT": "500ms"}).timeout_s == 0.5
+    assert Settings.load({"MODELPILOT_PROMETHEUS_TIMEOUT": "5s"}).prometheus().timeout_s == 5
+    assert Settings.load({"MODELPILOT_PROMETHEUS_TIMEOUT": "500ms"}).prometheus_timeout == 0.5
 
 
 def test_unreachable_and_overloaded_prometheus_are_unavailable() -> None:

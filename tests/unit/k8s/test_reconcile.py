@@ -17,13 +17,37 @@ from modelpilot_operator.k8s.kinds import (
     SERVICE,
     VIRTUAL_SERVICE,
 )
+from modelpilot_operator.builders import children_selector
+from modelpilot_operator.k8s.children import installed_kinds
+from modelpilot_operator.k8s.kinds import CHILD_KINDS, POD
 from modelpilot_operator.k8s.observe import ProviderCache
-from modelpilot_operator.k8s.reconcile import Reconciler
+from modelpilot_operator.k8s.reconcile import ChildrenView
+from modelpilot_operator.k8s.reconcile import Reconciler as CachedReconciler
 from tests.api_cases import full, minimal
 
 from .fake import FakeApi
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+class Reconciler(CachedReconciler):
+    """The reconciler over a view read from the fake API server, as the watch caches
+    would hold it after every earlier write arrived."""
+
+    def reconcile(  # type: ignore[override]
+        self, md: ModelDeployment, now: datetime | None = None
+    ) -> Any:
+        assert isinstance(self.api, FakeApi)
+        ns = md.metadata.get("namespace", "default")
+        kinds = installed_kinds(self.api)
+        live = {
+            f"{o['kind']}/{o['metadata']['name']}": o
+            for kind in CHILD_KINDS
+            if kind.kind in kinds
+            for o in self.api.list(kind, ns, children_selector(md))
+        }
+        pods = self.api.list(POD, ns, f"modelpilot.io/model={md.metadata['name']}")
+        return super().reconcile(md, ChildrenView(live, pods, kinds), now)
 OPTIONS = BuildOptions(default_image="ghcr.io/modelpilot/runtime:0.1.0")
 
 

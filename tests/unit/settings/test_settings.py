@@ -16,22 +16,28 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_defaults() -> None:
-    s = Settings.from_env({})
+    s = Settings.load({})
     assert s.all_namespaces
     assert s.runtime_image == DEFAULT_RUNTIME_IMAGE
     assert DEFAULT_RUNTIME_IMAGE.startswith("ghcr.io/modelpilot/runtime:")
-    assert (s.resync_period, s.log_level, s.log_format, s.peering) == (300.0, "info", "plain", "")
+    assert (s.resync_period, s.log_level, s.log_format) == (300.0, "info", "plain")
+    assert (s.leader_election, s.leader_election_name, s.lease_duration, s.workers) == (
+        True,
+        "modelpilot-operator",
+        15.0,
+        4,
+    )
 
 
 def test_environment() -> None:
-    s = Settings.from_env(
+    s = Settings.load(
         {
             "MODELPILOT_NAMESPACES": "ml, staging,",
             "MODELPILOT_LOG_LEVEL": "DEBUG",
             "MODELPILOT_LOG_FORMAT": "json",
             "MODELPILOT_RESYNC_PERIOD": "1m30s",
             "MODELPILOT_RUNTIME_IMAGE": "registry.local/runtime:dev",
-            "MODELPILOT_PEERING": "modelpilot",
+            "MODELPILOT_LEADER_ELECTION": "false",
             "MODELPILOT_PROMETHEUS_URL": "http://prom:9090",
             "MODELPILOT_PROMETHEUS_TIMEOUT": "5s",
             "MODELPILOT_SERVICE_MONITOR": "false",
@@ -39,14 +45,14 @@ def test_environment() -> None:
     )
     assert s.namespaces == ("ml", "staging")
     assert (s.log_level, s.log_format, s.resync_period) == ("debug", "json", 90.0)
-    assert (s.runtime_image, s.peering, s.prometheus_url) == (
+    assert (s.runtime_image, s.leader_election, s.prometheus_url) == (
         "registry.local/runtime:dev",
-        "modelpilot",
+        False,
         "http://prom:9090",
     )
     assert s.prometheus_timeout == 5.0
     assert s.service_monitor is False
-    assert Settings.from_env(s.to_env()) == s
+    assert s.prometheus().url == "http://prom:9090"
 
 
 @pytest.mark.parametrize(
@@ -61,7 +67,7 @@ def test_environment() -> None:
 )
 def test_a_wrong_value_names_the_variable(name: str, value: str) -> None:
     with pytest.raises(ValueError, match=f"MODELPILOT_{name}"):
-        Settings.from_env({f"MODELPILOT_{name}": value})
+        Settings.load({f"MODELPILOT_{name}": value})
 
 
 def test_flags_override_the_environment() -> None:

@@ -3,17 +3,15 @@
 ``analyze(rollout, target, window, source)`` evaluates every check of a rollout for one
 interval and returns an :class:`~modelpilot_operator.api.v1alpha1.AnalysisRecord` with
 both versions' values, the test statistic, the p-value and the verdict of each check.
-``source`` is a :class:`PrometheusSource` in the operator (httpx, settings from the
-environment) and a simulator in the benchmark. See :mod:`.checks` for the rules.
+``source`` is :class:`modelpilot_operator.adapters.PrometheusSource` in the operator and a
+simulator in the benchmark. See :mod:`.checks` for the rules.
 """
 
 from .checks import DEFAULT_MAX_DIVERGENCE, DEFAULT_MAX_RATIO, AnalysisOutcome, analyze, combine
 from .prometheus import (
     MetricSource,
     MetricsUnavailableError,
-    PrometheusClient,
     PrometheusSettings,
-    PrometheusSource,
     QueryError,
     RequestCounts,
     Sample,
@@ -26,9 +24,7 @@ __all__ = [
     "AnalysisOutcome",
     "MetricSource",
     "MetricsUnavailableError",
-    "PrometheusClient",
     "PrometheusSettings",
-    "PrometheusSource",
     "QueryError",
     "RequestCounts",
     "Sample",

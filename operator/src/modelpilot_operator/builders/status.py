@@ -128,6 +128,22 @@ def _condition(
     return cond
 
 
+def problem_conditions(
+    reason: str,
+    message: str,
+    generation: int | None,
+    previous: dict[str, dict[str, Any]],
+    now: str,
+) -> list[dict[str, Any]]:
+    """Ready, Progressing and Degraded for a problem that stops everything (e.g. a spec
+    only the operator can find invalid)."""
+    return [
+        _condition("Ready", False, reason, message, generation, previous, now),
+        _condition("Progressing", False, reason, message, generation, previous, now),
+        _condition("Degraded", True, reason, message, generation, previous, now),
+    ]
+
+
 def build_status(
     md: ModelDeployment,
     observations: list[VersionObservation],

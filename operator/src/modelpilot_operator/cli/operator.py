@@ -4,17 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
-import os
 import sys
 from typing import Any
 
 from ..api.v1alpha1 import parse_duration
 from ..settings import LOG_FORMATS, LOG_LEVELS, Settings
-
-HANDLERS = "modelpilot_operator.handlers"
 
 
 def add_parser(sub: Any) -> None:
@@ -37,27 +33,31 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--log-format", choices=LOG_FORMATS)
     run.add_argument("--resync-period", type=parse_duration, metavar="DURATION")
     run.add_argument("--runtime-image", metavar="IMAGE")
-    run.add_argument("--peering", metavar="NAME", help="leader election peering object")
+    run.add_argument("--workers", type=int, help="ModelDeployments reconciled at once")
+    run.add_argument(
+        "--leader-election",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="elect one active replica on a Lease (default on)",
+    )
     run.add_argument("--metrics-port", type=int, help="/healthz and /metrics; 0: off")
     run.add_argument("--prometheus-url", metavar="URL")
 
 
 def settings_from(args: argparse.Namespace, env: dict[str, str] | None = None) -> Settings:
     """Environment first, flags over it."""
-    values = dict(os.environ if env is None else env)
-    base = Settings.from_env(values)
-    overrides: dict[str, Any] = {
-        "namespaces": tuple(args.namespaces) if args.namespaces else None,
-        "log_level": args.log_level,
-        "log_format": args.log_format,
-        "resync_period": args.resync_period,
-        "runtime_image": args.runtime_image,
-        "peering": args.peering,
-        "metrics_port": args.metrics_port,
-        "prometheus_url": args.prometheus_url,
-    }
-    fields = {**base.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
-    return Settings(**fields)
+    return Settings.load(
+        env,
+        namespaces=tuple(args.namespaces) if args.namespaces else None,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        resync_period=args.resync_period,
+        runtime_image=args.runtime_image,
+        workers=args.workers,
+        leader_election=args.leader_election,
+        metrics_port=args.metrics_port,
+        prometheus_url=args.prometheus_url,
+    )
 
 
 class _JsonFormatter(logging.Formatter):
@@ -93,16 +93,18 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"modelpilot operator run: {err}", file=sys.stderr)
         return 2
-    # The handlers read their settings from the environment, like under `kopf run -m`.
-    os.environ.update(settings.to_env())
     _setup_logging(settings)
     import kopf
 
-    importlib.import_module(HANDLERS)
+    from ..handlers import register
+
+    registry = kopf.OperatorRegistry()
+    register(settings, registry)
+    # Leader election is the Lease's (see modelpilot_operator.k8s.leader), not kopf peering.
     kopf.run(
+        registry=registry,
         clusterwide=settings.all_namespaces,
         namespaces=settings.namespaces,
-        standalone=not settings.peering,
-        peering_name=settings.peering or None,
+        standalone=True,
     )
     return 0

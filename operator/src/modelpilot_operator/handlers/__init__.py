@@ -1,10 +1,9 @@
-"""Thin kopf handlers: read, call the pure code, apply, patch status. Nothing imports them.
-
-``kopf run -m modelpilot_operator.handlers`` (or ``modelpilot operator run``) loads every
-handler module below; settings come from ``MODELPILOT_*`` variables (see
-:mod:`modelpilot_operator.settings`).
+"""Thin kopf handlers: kopf watches the ModelDeployments and runs start-up and clean-up;
+the :class:`~modelpilot_operator.controller.Controller` does the rest. Nothing imports
+this package but the ``modelpilot operator run`` command, which calls :func:`register`
+with its :class:`~modelpilot_operator.settings.Settings`.
 """
 
-from . import modeldeployment, rollout, startup
+from .registry import register
 
-__all__ = ["modeldeployment", "rollout", "startup"]
+__all__ = ["register"]

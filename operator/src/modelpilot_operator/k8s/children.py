@@ -16,7 +16,7 @@ from typing import Any
 
 from ..builders import ANNOTATION_APPLIED
 from .client import KubeApi
-from .kinds import CHILD_KINDS, OPTIONAL_KINDS, Kind, kind_of
+from .kinds import CHILD_KINDS, OPTIONAL_KINDS, kind_of
 
 
 @dataclass
@@ -130,21 +130,17 @@ def reconcile_children(
     api: KubeApi,
     namespace: str,
     owner_uid: str,
-    selector: str,
+    live: dict[str, dict[str, Any]],
     desired: list[dict[str, Any]],
     kinds: set[str],
 ) -> ApplyReport:
-    """Make the children labelled ``selector`` in ``namespace`` equal ``desired``.
+    """Make the children of one ModelDeployment equal ``desired``.
 
-    ``kinds``: the kinds the cluster serves (:func:`installed_kinds`); desired objects of
-    other kinds are skipped (the caller reports that), and only these are listed to prune.
+    ``live``: its children as they are now by ``Kind/name`` (from the watch caches).
+    ``kinds``: the kinds the cluster serves; desired objects of other kinds are skipped
+    (the caller reports that). Children another owner holds are never pruned.
     """
     report = ApplyReport()
-    live: dict[str, dict[str, Any]] = {}
-    listed: list[Kind] = [k for k in CHILD_KINDS if k.kind in kinds]
-    for kind in listed:
-        for obj in api.list(kind, namespace, selector):
-            live[_key(obj)] = obj
     wanted = set()
     for obj in desired:
         if kind_of(obj).kind not in kinds:
@@ -154,7 +150,9 @@ def reconcile_children(
         target = with_hash(obj)
         current = live.get(key)
         if needs_apply(target, current):
-            report.live[key] = api.apply(target)
+            # Forced: the operator is the one owner of its children, and an edit by hand
+            # (another field manager) is drift to repair.
+            report.live[key] = api.apply(target, force=True)
             report.applied.append(key)
         else:
             assert current is not None

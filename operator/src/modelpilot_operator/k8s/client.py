@@ -8,9 +8,10 @@ counts in :attr:`ApiServer.writes`, which the no-op tests and the benchmark read
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from .kinds import Kind, kind_of
@@ -36,6 +37,13 @@ class ApiError(Exception):
 
 class ConflictError(ApiError):
     """409: another field manager owns a field, or the object changed meanwhile."""
+
+
+class NotLeaderError(ApiError):
+    """A write refused before it was sent: this replica does not hold the Lease."""
+
+    def __init__(self) -> None:
+        super().__init__(0, "NotLeader", "this replica is not the leader; nothing written")
 
 
 class KubeApi(Protocol):
@@ -70,6 +78,11 @@ class KubeApi(Protocol):
         which every authenticated user may read."""
         ...
 
+    def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """PUT ``obj`` as it is; its ``metadata.resourceVersion`` is the precondition
+        (:class:`ConflictError` when the object changed since it was read)."""
+        ...
+
 
 class NoClusterError(RuntimeError):
     """Neither in-cluster configuration nor a kubeconfig leads to an API server."""
@@ -83,21 +96,31 @@ class ApiServer:
         api_client: Any,
         timeout: float = 30.0,
         on_write: Callable[[str, str], None] | None = None,
+        may_write: Callable[[], bool] | None = None,
     ) -> None:
         self._client = api_client
         self._timeout = timeout
         self.writes: Counter[str] = Counter()
         self._on_write = on_write
+        self._may_write = may_write
 
     def _count_write(self, verb: str, kind: str) -> None:
-        """Every write request, whatever it changes (an apply may change nothing)."""
+        """Every write request, whatever it changes (an apply may change nothing).
+
+        With ``may_write`` (leader election), a write it refuses raises
+        :class:`NotLeaderError` before anything is sent."""
+        if self._may_write is not None and not self._may_write():
+            raise NotLeaderError
         self.writes[f"{verb} {kind}"] += 1
         if self._on_write is not None:
             self._on_write(verb, kind)
 
     @classmethod
     def from_environment(
-        cls, context: str | None = None, on_write: Callable[[str, str], None] | None = None
+        cls,
+        context: str | None = None,
+        on_write: Callable[[str, str], None] | None = None,
+        may_write: Callable[[], bool] | None = None,
     ) -> ApiServer:
         """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG)."""
         from kubernetes import client, config
@@ -115,9 +138,9 @@ class ApiServer:
                     "no Kubernetes cluster configured: not running in a pod, and no usable "
                     f"kubeconfig (set KUBECONFIG or pass --context): {err}"
                 ) from err
-        # kopf runs sync handlers in a thread pool: one connection per worker.
-        cfg.connection_pool_maxsize = 16
-        return cls(client.ApiClient(configuration=cfg), on_write=on_write)
+        # Workers, watches and analysis run in threads: a connection each.
+        cfg.connection_pool_maxsize = 32
+        return cls(client.ApiClient(configuration=cfg), on_write=on_write, may_write=may_write)
 
     def _call(
         self,
@@ -211,6 +234,76 @@ class ApiServer:
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         self._count_write("create", str(obj["kind"]))
         return self._call("POST", kind_of(obj).path(obj["metadata"].get("namespace")), body=obj)
+
+    def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self._count_write("update", str(obj["kind"]))
+        meta = obj["metadata"]
+        return self._call("PUT", kind_of(obj).path(meta.get("namespace"), meta["name"]), body=obj)
+
+    def list_page(
+        self, kind: Kind, namespace: str | None, label_selector: str = ""
+    ) -> tuple[builtins.list[dict[str, Any]], str]:
+        """Every object of ``kind`` matching the selector, and the list's resourceVersion
+        (where a watch continues from)."""
+        query = [("labelSelector", label_selector)] if label_selector else []
+        doc = self._call("GET", kind.path(namespace), query)
+        items: list[dict[str, Any]] = doc["items"]
+        for item in items:
+            item.setdefault("apiVersion", kind.api_version)
+            item.setdefault("kind", kind.kind)
+        return items, str(doc.get("metadata", {}).get("resourceVersion", ""))
+
+    def watch(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        label_selector: str,
+        resource_version: str,
+        timeout_s: int = 270,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Watch events ``(type, object)`` after ``resource_version`` until the server ends
+        the watch (after ``timeout_s``); a 410 Gone raises :class:`ApiError` (relist)."""
+        from kubernetes.client.exceptions import ApiException
+
+        query = [
+            ("watch", "true"),
+            ("resourceVersion", resource_version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(timeout_s)),
+        ]
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        params = self._client.param_serialize(
+            method="GET",
+            resource_path=kind.path(namespace),
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        try:
+            resp = self._client.call_api(*params, _request_timeout=(10, timeout_s + 30))
+        except ApiException as exc:
+            raise _error(exc.status or 0, exc.body) from None
+        raw = resp.response
+        try:
+            if resp.status >= 400:
+                raise _error(resp.status, raw.data)
+            buffer = b""
+            for chunk in raw.stream(None, decode_content=False):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        raise _error(int(obj.get("code") or 500), json.dumps(obj))
+                    obj.setdefault("apiVersion", kind.api_version)
+                    obj.setdefault("kind", kind.kind)
+                    yield str(event.get("type")), obj
+        finally:
+            raw.release_conn()
 
     def served_kinds(self, api_version: str) -> set[str]:
         try:

@@ -65,3 +65,7 @@ BY_KIND = {k.kind: k for k in (*CHILD_KINDS, MODEL_DEPLOYMENT, POD, EVENT, CRD)}
 
 def kind_of(obj: dict[str, object]) -> Kind:
     return BY_KIND[str(obj["kind"])]
+
+
+LEASE = Kind("coordination.k8s.io/v1", "Lease", "leases")
+BY_KIND[LEASE.kind] = LEASE

@@ -2,37 +2,18 @@
 
 The runtime answers ``GET /v2/models/<model>/versions/<version>`` with
 ``parameters.execution_provider`` (e.g. ``CUDAExecutionProvider``); the operator asks one
-ready pod per version and remembers the answer per pod, so a steady resync asks nobody.
+ready pod per version (through :mod:`modelpilot_operator.adapters.pods`) and remembers the
+answer per pod, so a steady resync asks nobody.
 """
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger(__name__)
-
 ProviderProbe = Callable[[str, int, str, str], str | None]
 """(pod IP, port, model, version) -> provider, or None if the pod did not say."""
-
-
-def http_provider_probe(timeout: float = 2.0) -> ProviderProbe:
-    import httpx
-
-    def probe(ip: str, port: int, model: str, version: str) -> str | None:
-        url = f"http://{ip}:{port}/v2/models/{model}/versions/{version}"
-        try:
-            resp = httpx.get(url, timeout=timeout)
-            resp.raise_for_status()
-            provider = resp.json().get("parameters", {}).get("execution_provider")
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
-            log.debug("provider probe %s failed: %s", url, exc)
-            return None
-        return str(provider) if provider else None
-
-    return probe
 
 
 def pod_is_ready(pod: dict[str, Any]) -> bool:

@@ -1,23 +1,20 @@
 """One reconcile of a ModelDeployment: apply its children, observe them, write status.
 
-The handlers call :func:`reconcile` on create, update, resume, every resync and on events
-of its Deployments and pods. It is idempotent and keeps no state between calls besides a
-cache of what pods reported, so an operator killed at any point converges when restarted.
+The controller calls :meth:`Reconciler.reconcile` for every key its work queue hands out,
+with the children and pods its watch caches hold. It is idempotent and keeps no state
+between calls besides a cache of what pods reported, so an operator killed at any point
+converges when restarted.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from ..api.v1alpha1 import API_VERSION, KIND, ModelDeployment
 from ..builders import (
-    LABEL_MODEL,
     LABEL_VERSION,
     BuildOptions,
     Problem,
@@ -25,7 +22,6 @@ from ..builders import (
     VersionObservation,
     build_children,
     build_status,
-    children_selector,
     desired_traffic,
     find_problems,
     md_name,
@@ -34,9 +30,8 @@ from ..builders import (
 )
 from ..builders.meta import HTTP_PORT
 from ..builders.status import OWNED_CONDITIONS
-from .children import ApplyReport, contains, installed_kinds, reconcile_children
+from .children import ApplyReport, contains, reconcile_children
 from .client import KubeApi
-from .kinds import DEPLOYMENT, POD
 from .observe import ProviderCache
 
 log = logging.getLogger(__name__)
@@ -51,6 +46,8 @@ class ReconcileResult:
     traffic: Traffic | None = None
     status: dict[str, Any] = field(default_factory=dict)
     status_written: bool = False
+    written: dict[str, Any] | None = None
+    """The ModelDeployment as the status write left it."""
     previous_conditions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def transitions(self) -> list[dict[str, Any]]:
@@ -63,6 +60,17 @@ class ReconcileResult:
         return out
 
 
+@dataclass(frozen=True)
+class ChildrenView:
+    """What the watch caches hold for one ModelDeployment."""
+
+    live: dict[str, dict[str, Any]]
+    """Its children by ``Kind/name``."""
+    pods: list[dict[str, Any]]
+    kinds: set[str]
+    """Child kinds the cluster serves (CRDs installed)."""
+
+
 @dataclass
 class Reconciler:
     """Holds what lives longer than one reconcile: the API, options and caches."""
@@ -70,30 +78,17 @@ class Reconciler:
     api: KubeApi
     options: BuildOptions
     providers: ProviderCache = field(default_factory=lambda: ProviderCache(None))
-    kinds: set[str] | None = None
-    _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
-    _guard: threading.Lock = field(default_factory=threading.Lock)
 
-    @contextmanager
-    def exclusive(self, namespace: str, name: str) -> Iterator[None]:
-        """One reconcile per ModelDeployment at a time (events of its pods and Deployments
-        arrive together); the next one then sees the status this one wrote."""
-        with self._guard:
-            lock = self._locks.setdefault((namespace, name), threading.Lock())
-        with lock:
-            yield
+    def reconcile(
+        self, md: ModelDeployment, view: ChildrenView, now: datetime | None = None
+    ) -> ReconcileResult:
+        """Apply what differs, prune what is no longer wanted, write status if it changed.
 
-    def forget(self, namespace: str, name: str) -> None:
-        with self._guard:
-            self._locks.pop((namespace, name), None)
-
-    def refresh_kinds(self) -> set[str]:
-        """Ask discovery again which route/monitoring CRDs are installed."""
-        self.kinds = installed_kinds(self.api)
-        return self.kinds
-
-    def reconcile(self, md: ModelDeployment, now: datetime | None = None) -> ReconcileResult:
-        kinds = self.kinds if self.kinds is not None else self.refresh_kinds()
+        ``md`` must be the newest the caller knows of: its ``status.desiredWeights`` is
+        what the route gets, and its resourceVersion is the status write's precondition
+        (:class:`~.client.ConflictError` when the object changed meanwhile).
+        """
+        kinds = view.kinds
         options = BuildOptions(
             default_image=self.options.default_image,
             service_monitor=self.options.service_monitor and "ServiceMonitor" in kinds,
@@ -109,9 +104,7 @@ class Reconciler:
         if not result.problems:
             traffic = desired_traffic(md.spec, md.status)
             desired = build_children(md, traffic, options)
-            result.report = reconcile_children(
-                self.api, ns, uid, children_selector(md), desired, kinds
-            )
+            result.report = reconcile_children(self.api, ns, uid, view.live, desired, kinds)
             for key, live in result.report.live.items():
                 if key.split("/")[0] in ("VirtualService", "HTTPRoute"):
                     result.traffic = read_route(md, live)
@@ -119,12 +112,10 @@ class Reconciler:
                 result.traffic = None
         else:
             # Nothing is touched while a problem stands: what serves keeps serving.
-            for kind in (DEPLOYMENT,):
-                for live in self.api.list(kind, ns, children_selector(md)):
-                    result.report.live[f"{live['kind']}/{live['metadata']['name']}"] = live
+            result.report.live = {k: v for k, v in view.live.items() if k.startswith("Deployment/")}
         result.status = build_status(
             md,
-            self._observe(md, result.report),
+            self._observe(md, result.report, view.pods),
             result.traffic,
             result.problems,
             _timestamp(now),
@@ -132,19 +123,25 @@ class Reconciler:
         )
         current = md.status.to_wire() if md.status else {}
         if not status_holds(current, result.status):
-            self.api.apply_status(
+            result.written = self.api.apply_status(
                 {
                     "apiVersion": API_VERSION,
                     "kind": KIND,
-                    "metadata": {"name": name, "namespace": ns},
+                    "metadata": {
+                        "name": name,
+                        "namespace": ns,
+                        "resourceVersion": md.metadata.get("resourceVersion"),
+                    },
                     "status": result.status,
-                }
+                },
+                force=False,
             )
             result.status_written = True
         return result
 
-    def _observe(self, md: ModelDeployment, report: ApplyReport) -> list[VersionObservation]:
-        pods = self.api.list(POD, md_namespace(md), f"{LABEL_MODEL}={md_name(md)}")
+    def _observe(
+        self, md: ModelDeployment, report: ApplyReport, pods: list[dict[str, Any]]
+    ) -> list[VersionObservation]:
         out = []
         for v in sorted(md.spec.versions, key=lambda v: v.name):
             dep = report.live.get(f"Deployment/{md_name(md)}-{v.name}")
@@ -167,4 +164,4 @@ def _timestamp(now: datetime | None) -> str:
     return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-__all__ = ["OWNED_CONDITIONS", "ReconcileResult", "Reconciler"]
+__all__ = ["OWNED_CONDITIONS", "ChildrenView", "ReconcileResult", "Reconciler"]

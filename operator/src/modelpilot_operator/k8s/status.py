@@ -44,21 +44,30 @@ def write_rollout_status(
     patch: dict[str, Any],
     keys: tuple[str, ...],
     conditions: tuple[str, ...],
-) -> bool:
-    """Apply the engine's status fields unless the live status already holds them;
-    whether anything was written."""
+) -> dict[str, Any] | None:
+    """Apply the engine's status fields unless the live status already holds them; the
+    object as written, or None when nothing was.
+
+    The write carries the resourceVersion the engine decided on: if the object changed
+    since, the API server answers 409 (:class:`~.client.ConflictError`) and the caller
+    decides again on the newer object.
+    """
     if rollout_status_holds(live, patch, keys, conditions):
-        return False
-    api.apply_status(
+        return None
+    return api.apply_status(
         {
             "apiVersion": API_VERSION,
             "kind": KIND,
-            "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
+            "metadata": {
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
             "status": patch,
         },
         manager=ROLLOUT_FIELD_MANAGER,
+        force=False,
     )
-    return True
 
 
 def read_model_deployment(api: KubeApi, namespace: str, name: str) -> dict[str, Any] | None:
@@ -74,4 +83,4 @@ def write_request(api: KubeApi, namespace: str, name: str, request: Request) -> 
         "metadata": {"name": name, "namespace": namespace},
         "status": {"request": request.to_wire()},
     }
-    return api.apply_status(obj, manager=CLI_FIELD_MANAGER, force=True)
+    return api.apply_status(obj, manager=CLI_FIELD_MANAGER, force=False)
