@@ -38,7 +38,6 @@ TEST_ENV := $(STAMP) $(if $(filter 1,$(MODELPILOT_SKIP_TORCHSERVE)),,$(TS_STAMP)
 crds: $(STAMP)
 	$(BIN)/python -m modelpilot_operator.crdgen --out crds/
 	$(BIN)/python -m modelpilot_operator.crdgen --out charts/modelpilot/crds/
-	cp config/kopf/peering.yaml charts/modelpilot/crds/kopf.dev_peerings.yaml
 
 rbac: $(STAMP)
 	$(BIN)/python -m modelpilot_operator.rbac --out .
@@ -51,8 +50,6 @@ check: $(STAMP)
 	$(BIN)/python -m modelpilot_operator.crdgen --check crds/
 	$(BIN)/python -m modelpilot_operator.rbac --check --out .
 	$(BIN)/python -m modelpilot_operator.crdgen --check charts/modelpilot/crds/
-	@cmp -s config/kopf/peering.yaml charts/modelpilot/crds/kopf.dev_peerings.yaml || \
-	  { echo "charts/modelpilot/crds/kopf.dev_peerings.yaml differs from config/kopf/peering.yaml: make crds" >&2; exit 1; }
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .

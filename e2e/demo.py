@@ -168,8 +168,8 @@ class Demo:
         return _run([str(self.bin / "helm"), *args])
 
     def install_chart(self) -> None:
+        # The chart's default topology: two replicas, one elected on a Lease.
         values = {
-            "replicaCount": 1,
             "operator": {
                 "watchNamespaces": [NAMESPACE],
                 "logFormat": "plain",

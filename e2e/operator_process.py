@@ -33,6 +33,9 @@ class OperatorProcess:
             "MODELPILOT_METRICS_PORT": "0",
             "MODELPILOT_RUNTIME_IMAGE": RUNTIME_IMAGE,
             "MODELPILOT_LOG_FORMAT": "plain",
+            # One identity across restarts, like a container restarted in its pod: a
+            # restarted operator takes its own Lease back at once.
+            "MODELPILOT_LEADER_ID": f"operator-{namespace}",
             **(settings or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None

@@ -29,8 +29,8 @@ _WRITE = ["get", "list", "watch", "create", "update", "patch", "delete"]
 _READ = ["get", "list", "watch"]
 
 RULES: list[dict[str, Any]] = [
-    # The ModelDeployments themselves: kopf keeps its state in annotations (patch).
-    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch"]},
+    # The ModelDeployments themselves: watched; the operator writes their status only.
+    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
     # Children: server-side apply creates and updates, pruning deletes.
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": _WRITE},
@@ -48,17 +48,19 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": _READ},
     # Events telling users what to change.
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-    # kopf: namespaces to watch, and peering (leader election between replicas).
+    # kopf: namespaces to watch.
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": _READ},
     {
         "apiGroups": ["apiextensions.k8s.io"],
         "resources": ["customresourcedefinitions"],
         "verbs": _READ,
     },
+    # Leader election between replicas (the chart binds this in the release namespace
+    # only; see its leader-election Role).
     {
-        "apiGroups": ["kopf.dev"],
-        "resources": ["clusterkopfpeerings", "kopfpeerings"],
-        "verbs": ["get", "list", "watch", "patch"],
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "verbs": ["get", "create", "update"],
     },
 ]
 

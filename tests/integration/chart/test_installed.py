@@ -98,13 +98,12 @@ def scenario(
     release = f"mp-{ns}"
     local_cluster.kubectl("create", "namespace", ns)
     tmp = tmp_path_factory.mktemp("chart")
+    # The chart's default topology: two operator replicas electing a leader on a Lease.
     values = {
-        "replicaCount": 1,
         "operator": {
             "watchNamespaces": [ns],
             "logFormat": "plain",
             "resyncPeriod": "10s",
-            "peering": "",
             "prometheus": {"url": PROM, "timeout": "5s"},
         },
         "dashboards": {"namespace": ns},
@@ -251,6 +250,54 @@ def test_quiet_alerts_stay_quiet(scenario: Scenario, alert: str) -> None:
     assert _firing(_alert_rules(scenario)[alert], scenario.namespace) == []
 
 
+def _lease(scenario: Scenario) -> dict[str, Any]:
+    lease = scenario.cluster.get("lease", "modelpilot-operator", "-n", scenario.namespace)
+    assert lease is not None, "the operator replicas elect a leader on a Lease"
+    return dict(lease["spec"])
+
+
+def _operator_pods(scenario: Scenario) -> list[str]:
+    pods = scenario.cluster.get(
+        "pods", "-n", scenario.namespace, "-l", "app.kubernetes.io/component=operator"
+    )
+    assert pods is not None
+    return [
+        p["metadata"]["name"]
+        for p in pods["items"]
+        if not p["metadata"].get("deletionTimestamp") and p["status"].get("phase") == "Running"
+    ]
+
+
+def test_killing_the_leader_hands_over_to_the_other_replica(scenario: Scenario) -> None:
+    """Default values run two replicas: one holds the Lease and acts; when it dies the
+    other takes the Lease within the lease duration and repairs what changed meanwhile."""
+    pods = _operator_pods(scenario)
+    assert len(pods) == 2, pods
+    before = _lease(scenario)
+    leader = before["holderIdentity"]
+    assert leader in pods
+    scenario.cluster.kubectl(
+        "delete", "pod", leader, "-n", scenario.namespace, "--grace-period=0", "--force"
+    )
+    # A child removed while the Lease changes hands: only a leader puts it back.
+    scenario.cluster.kubectl("delete", "service", f"{NAME}-v1", "-n", scenario.namespace)
+    wait_for(
+        "another replica to take the Lease",
+        lambda: _lease(scenario).get("holderIdentity") not in ("", leader, None),
+        timeout=120,
+        interval=1,
+    )
+    after = _lease(scenario)
+    assert after["holderIdentity"] in pods
+    assert int(after.get("leaseTransitions") or 0) > int(before.get("leaseTransitions") or 0)
+    wait_for(
+        "the new leader to repair the deleted Service",
+        lambda: scenario.cluster.get("service", f"{NAME}-v1", "-n", scenario.namespace) is not None,
+        timeout=120,
+        interval=2,
+    )
+
+
 def test_helm_upgrade_rolls_the_operator_and_keeps_serving(
     scenario: Scenario, tmp_path: Path
 ) -> None:
@@ -263,7 +310,6 @@ def test_helm_upgrade_rolls_the_operator_and_keeps_serving(
             "logFormat": "plain",
             "logLevel": "debug",
             "resyncPeriod": "15s",
-            "peering": "",
             "prometheus": {"url": PROM, "timeout": "5s"},
         },
         "dashboards": {"namespace": scenario.namespace},

@@ -42,9 +42,8 @@ def operator(
 
 
 def release(cluster: LocalCluster, namespace: str) -> None:
-    """Delete the namespace's ModelDeployments while the operator still runs: kopf puts its
-    finalizer on every object it runs a timer for, and only a running operator removes it
-    (otherwise the namespace's deletion waits for it forever)."""
+    """Delete the namespace's ModelDeployments (the garbage collector takes their
+    children; no finalizer waits for the operator)."""
     cluster.kubectl(
         "delete", "modeldeployments", "--all", "-n", namespace, "--timeout=120s", check=False
     )

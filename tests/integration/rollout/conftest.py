@@ -189,17 +189,8 @@ def rollout(
     finally:
         if ro.driver is not None:
             ro.driver.stop()
-        # The operator's timer puts a finalizer on the ModelDeployment: delete it while the
-        # operator still runs (the operator fixture stops it afterwards), so that the
-        # namespace can go. If the operator is down, take the finalizer off by hand.
-        if not operator.alive():
-            operator.start()
-        done = local_cluster.kubectl(
+        # No finalizer: the ModelDeployment goes whether the operator runs or not.
+        local_cluster.kubectl(
             "delete", "modeldeployment", ro.name, "-n", namespace, "--ignore-not-found",
-            "--timeout=60s", check=False,
+            "--timeout=60s",
         )  # fmt: skip
-        if done.returncode != 0:
-            local_cluster.kubectl(
-                "patch", "modeldeployment", ro.name, "-n", namespace, "--type=merge",
-                "-p", '{"metadata":{"finalizers":null}}', check=False,
-            )  # fmt: skip

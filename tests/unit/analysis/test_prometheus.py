@@ -15,12 +15,12 @@ from modelpilot_operator.analysis import (
     QueryError,
     Target,
 )
-from modelpilot_operator.settings import DEFAULT_PROMETHEUS_URL, Settings
 from modelpilot_operator.analysis.prometheus import (
     classes_query,
     latency_query,
     requests_query,
 )
+from modelpilot_operator.settings import DEFAULT_PROMETHEUS_URL, Settings
 from tests.fakeprom import FakePrometheus, VersionData
 
 T = Target(namespace="ml", name="fraud", stable="v1", candidate="v2")

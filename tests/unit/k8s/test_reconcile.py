@@ -9,17 +9,17 @@ from typing import Any
 import pytest
 
 from modelpilot_operator.api.v1alpha1 import ModelDeployment
-from modelpilot_operator.builders import BuildOptions
+from modelpilot_operator.builders import BuildOptions, children_selector
+from modelpilot_operator.k8s.children import installed_kinds
 from modelpilot_operator.k8s.kinds import (
+    CHILD_KINDS,
     DEPLOYMENT,
     HPA,
     MODEL_DEPLOYMENT,
+    POD,
     SERVICE,
     VIRTUAL_SERVICE,
 )
-from modelpilot_operator.builders import children_selector
-from modelpilot_operator.k8s.children import installed_kinds
-from modelpilot_operator.k8s.kinds import CHILD_KINDS, POD
 from modelpilot_operator.k8s.observe import ProviderCache
 from modelpilot_operator.k8s.reconcile import ChildrenView
 from modelpilot_operator.k8s.reconcile import Reconciler as CachedReconciler
@@ -48,6 +48,8 @@ class Reconciler(CachedReconciler):
         }
         pods = self.api.list(POD, ns, f"modelpilot.io/model={md.metadata['name']}")
         return super().reconcile(md, ChildrenView(live, pods, kinds), now)
+
+
 OPTIONS = BuildOptions(default_image="ghcr.io/modelpilot/runtime:0.1.0")
 
 

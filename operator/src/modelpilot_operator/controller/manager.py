@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+LEGACY_FINALIZER = "modelpilot.io/finalizer"
 
 RECONCILE_SECONDS = Histogram(
     "modelpilot_operator_reconcile_duration_seconds", "Time one reconcile took."
@@ -219,6 +220,21 @@ class Controller:
         if body is None:
             self.forget(key)
             return None
+        finalizers = body["metadata"].get("finalizers") or []
+        if LEGACY_FINALIZER in finalizers:
+            # Releases before 0.2 ran kopf timers, which hold a finalizer on the object.
+            body = self.api.merge_patch(
+                MODEL_DEPLOYMENT,
+                namespace,
+                name,
+                {
+                    "metadata": {
+                        "finalizers": [f for f in finalizers if f != LEGACY_FINALIZER],
+                        "resourceVersion": body["metadata"].get("resourceVersion"),
+                    }
+                },
+            )
+            self.mds.store(body)
         if body["metadata"].get("deletionTimestamp"):
             return None  # the garbage collector removes the children
         try:

@@ -78,6 +78,12 @@ class KubeApi(Protocol):
         which every authenticated user may read."""
         ...
 
+    def merge_patch(
+        self, kind: Kind, namespace: str | None, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A JSON merge patch (RFC 7386) of the object."""
+        ...
+
     def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
         """PUT ``obj`` as it is; its ``metadata.resourceVersion`` is the precondition
         (:class:`ConflictError` when the object changed since it was read)."""
@@ -234,6 +240,17 @@ class ApiServer:
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         self._count_write("create", str(obj["kind"]))
         return self._call("POST", kind_of(obj).path(obj["metadata"].get("namespace")), body=obj)
+
+    def merge_patch(
+        self, kind: Kind, namespace: str | None, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        self._count_write("patch", kind.kind)
+        return self._call(
+            "PATCH",
+            kind.path(namespace, name),
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
 
     def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
         self._count_write("update", str(obj["kind"]))
