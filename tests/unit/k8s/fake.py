@@ -556,6 +556,39 @@ class FakeApi:
             new["metadata"].pop(k, None)
         return self._record(key, new, CREATE_MANAGER, "create")
 
+    def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """PUT: :meth:`update` under the operator's manager, counted as a write."""
+        self.writes[f"update {obj['kind']}"] += 1
+        return self.update(obj, manager=FIELD_MANAGER)
+
+    def merge_patch(
+        self, kind: Kind, namespace: str | None, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A JSON merge patch (maps merged, lists and scalars replaced, null removes)."""
+        self.writes[f"patch {kind.kind}"] += 1
+        key = self._key(kind, namespace, name)
+        live = self.objects.get(key)
+        if live is None:
+            raise ApiError(404, "NotFound", f'{kind.plural} "{name}" not found')
+        rv = (patch.get("metadata") or {}).get("resourceVersion")
+        if rv is not None and rv != live["metadata"]["resourceVersion"]:
+            raise _modified(kind.plural, name)
+
+        def merge(target: Any, change: Any) -> Any:
+            if not isinstance(change, dict):
+                return copy.deepcopy(change)
+            out = dict(target) if isinstance(target, dict) else {}
+            for k, v in change.items():
+                if v is None:
+                    out.pop(k, None)
+                else:
+                    out[k] = merge(out.get(k), v)
+            return out
+
+        new = merge(copy.deepcopy(live), patch)
+        new["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
+        return self._record(key, new, FIELD_MANAGER, "patch")
+
     def served_kinds(self, api_version: str) -> set[str]:
         return {
             k.kind

@@ -53,3 +53,29 @@ def test_every_write_request_is_reported_reads_are_not() -> None:
         ("create", "Service"),
     ]
     assert sum(api.writes.values()) == 4
+
+
+def test_a_replica_that_does_not_lead_sends_no_write() -> None:
+    import pytest
+
+    from modelpilot_operator.k8s.client import NotLeaderError
+
+    stub = _StubClient()
+    leading = [False]
+    api = ApiServer(stub, may_write=lambda: leading[0])
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": "ml"}}
+    api.get(SERVICE, "ml", "s")
+    for write in (
+        lambda: api.apply(svc),
+        lambda: api.apply_status(svc),
+        lambda: api.create(svc),
+        lambda: api.replace(svc),
+        lambda: api.delete(SERVICE, "ml", "s"),
+        lambda: api.merge_patch(SERVICE, "ml", "s", {}),
+    ):
+        with pytest.raises(NotLeaderError):
+            write()
+    assert stub.methods == ["GET"], "reads go on; nothing was written"
+    leading[0] = True
+    api.apply(svc)
+    assert stub.methods == ["GET", "PATCH"]

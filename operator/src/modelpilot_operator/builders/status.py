@@ -18,6 +18,10 @@ from .problems import Problem
 from .traffic import Traffic
 
 OWNED_CONDITIONS = ("Ready", "Progressing", "Degraded")
+# The status fields build_status writes (the reconciler's field manager owns them).
+RECONCILER_STATUS_KEYS = (
+    "conditions", "versions", "replicas", "selector", "observedGeneration", "weights",
+)  # fmt: skip
 
 # Container waiting reasons that will not clear by themselves, and what they mean.
 _STUCK_REASONS = {

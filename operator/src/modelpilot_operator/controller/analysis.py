@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,11 +33,15 @@ class _Job:
 
 class AnalysisRunner:
     def __init__(
-        self, source: MetricSource, on_done: Callable[[Key], None], workers: int = 4
+        self,
+        source: MetricSource,
+        on_done: Callable[[Key], None],
+        workers: int = 4,
+        pool: Executor | None = None,
     ) -> None:
         self.source = source
         self.on_done = on_done
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="analysis")
+        self._pool = pool or ThreadPoolExecutor(max_workers=workers, thread_name_prefix="analysis")
         self._jobs: dict[Key, _Job] = {}
         self._lock = threading.Lock()
 

@@ -18,6 +18,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +28,7 @@ from pydantic import ValidationError
 from ..analysis import MetricSource
 from ..api.v1alpha1 import API_VERSION, KIND, ModelDeployment
 from ..builders import LABEL_MODEL, MANAGED_BY, BuildOptions, md_name
-from ..builders.status import problem_conditions
+from ..builders.status import RECONCILER_STATUS_KEYS, problem_conditions
 from ..k8s.client import ApiError, ConflictError, KubeApi
 from ..k8s.events import post_event
 from ..k8s.informer import Informer, WatchApi
@@ -72,15 +73,22 @@ class Controller:
         probe: ProviderProbe | None = None,
         leading: Callable[[], bool] = lambda: True,
         metrics: OperatorMetrics = METRICS,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        analysis_pool: Executor | None = None,
     ) -> None:
         self.api = api
         self.resync_period = resync_period
         self.workers = workers
         self.leading = leading
         self.metrics = metrics
+        self.clock = clock
         self.queue: WorkQueue[Key] = WorkQueue()
         self.reconciler = Reconciler(api=api, options=options, providers=ProviderCache(probe))
-        self.analysis = AnalysisRunner(source, self.queue.add) if source is not None else None
+        self.analysis = (
+            AnalysisRunner(source, self.queue.add, pool=analysis_pool)
+            if source is not None
+            else None
+        )
         # The ModelDeployments themselves are fed by kopf's watch (observe()).
         self.mds = Informer(watch_api, MODEL_DEPLOYMENT, None, "")
         scopes: tuple[str | None, ...] = namespaces or (None,)
@@ -254,7 +262,7 @@ class Controller:
                 body,
                 self._route(md),
                 self.analysis,
-                datetime.now(UTC),
+                self.clock(),
                 lambda e: self._emit(seen, e),
             )
             if step.written is not None:
@@ -266,7 +274,7 @@ class Controller:
             record_decision(namespace, name, step.decision, self.metrics)
             if step.decision.status.phase in ACTIVE_PHASES:
                 requeue = step.decision.requeue_after
-        result = self.reconciler.reconcile(md, self._view(namespace, name))
+        result = self.reconciler.reconcile(md, self._view(namespace, name), self.clock())
         self._remember(namespace, result)
         for cond in result.transitions():
             if cond["type"] == "Degraded" and cond["status"] == "True":
@@ -353,7 +361,13 @@ class Controller:
         if old.get("Degraded", {}).get("message") == message:
             return
         generation = body.get("metadata", {}).get("generation")
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+        # Under the reconciler's field manager: what it applied before and leaves out now
+        # would be removed, so the fields it last wrote go along unchanged (what serves
+        # keeps serving, and the scale subresource keeps its selector).
+        kept = {k: status[k] for k in RECONCILER_STATUS_KEYS if k in status}
+        kept["conditions"] = problem_conditions("InvalidSpec", message, generation, old, now)
+        kept["observedGeneration"] = generation
         written = self.api.apply_status(
             {
                 "apiVersion": API_VERSION,
@@ -363,10 +377,7 @@ class Controller:
                     "namespace": body["metadata"]["namespace"],
                     "resourceVersion": body["metadata"].get("resourceVersion"),
                 },
-                "status": {
-                    "observedGeneration": generation,
-                    "conditions": problem_conditions("InvalidSpec", message, generation, old, now),
-                },
+                "status": kept,
             },
             force=False,
         )

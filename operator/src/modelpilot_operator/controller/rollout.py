@@ -16,6 +16,7 @@ from typing import Any
 from ..analysis import Target
 from ..api.v1alpha1 import ModelDeployment, ModelDeploymentStatus
 from ..builders import md_name, md_namespace, read_route
+from ..builders.status import RECONCILER_STATUS_KEYS
 from ..k8s.client import KubeApi
 from ..k8s.status import write_rollout_status
 from ..rollout import Decision, Event, Observations, analysis_due, reconcile
@@ -23,8 +24,10 @@ from .analysis import AnalysisRunner
 
 EmitEvent = Callable[[Event], None]
 ENGINE_CONDITIONS = ("Promoted", "RolledBack")
-# Status fields other writers own: the reconciler's observations and the CLI's request.
-_NOT_ENGINE = frozenset({"versions", "replicas", "selector", "request"})
+# Status fields other writers own: the reconciler's observations (the weights read back
+# from the route among them) and the CLI's request. Two managers applying one field with
+# different values conflict, so none is shared.
+_NOT_ENGINE = frozenset({*RECONCILER_STATUS_KEYS, "request"}) - {"conditions"}
 ENGINE_KEYS: tuple[str, ...] = tuple(
     str(f.alias or n)
     for n, f in ModelDeploymentStatus.model_fields.items()

@@ -152,6 +152,12 @@ class Informer:
 
     def _relist(self) -> str:
         items, version = self.api.list_page(self.kind, self.namespace, self.selector)
+        self.replace_all(items)
+        return version
+
+    def replace_all(self, items: list[dict[str, Any]]) -> None:
+        """The cache becomes ``items`` (a full list); ``on_change`` hears of every object
+        that appeared, changed or went."""
         fresh = {_key(o): o for o in items}
         with self._lock:
             gone = [o for k, o in self._objects.items() if k not in fresh]
@@ -169,7 +175,6 @@ class Informer:
                 self.on_change("DELETED", obj)
             for obj in changed:
                 self.on_change("MODIFIED", obj)
-        return version
 
     def _run(self) -> None:
         version = ""

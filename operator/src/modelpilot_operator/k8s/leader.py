@@ -99,20 +99,25 @@ class LeaderElector:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                ok = self.try_acquire_or_renew()
-            except ApiError as err:
-                log.warning("lease %s/%s: %s", self.namespace, self.name, err)
-                ok = False
-            except Exception as err:  # keep electing through network errors
-                log.warning("lease %s/%s: %s", self.namespace, self.name, err)
-                ok = False
-            if ok:
-                self._renewed_at = self._clock()
-                self._set(True)
-            elif not self.is_leader():
-                self._set(False)
+            self.round()
             self._stop.wait(self.retry_period)
+
+    def round(self) -> bool:
+        """One try to acquire or renew; whether this replica leads afterwards."""
+        try:
+            ok = self.try_acquire_or_renew()
+        except ApiError as err:
+            log.warning("lease %s/%s: %s", self.namespace, self.name, err)
+            ok = False
+        except Exception as err:  # keep electing through network errors
+            log.warning("lease %s/%s: %s", self.namespace, self.name, err)
+            ok = False
+        if ok:
+            self._renewed_at = self._clock()
+            self._set(True)
+        elif not self.is_leader():
+            self._set(False)
+        return self.is_leader()
 
     def _lease(self, spec: dict[str, Any], version: str | None = None) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}

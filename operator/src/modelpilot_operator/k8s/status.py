@@ -14,9 +14,6 @@ from .client import ROLLOUT_FIELD_MANAGER, KubeApi
 from .kinds import MODEL_DEPLOYMENT
 
 CLI_FIELD_MANAGER = "modelpilot-cli"
-# Also written by the reconciler (from the same sources), so the engine leaving one out of
-# its patch does not mean that it must go.
-SHARED_KEYS = frozenset({"weights", "observedGeneration"})
 
 
 def rollout_status_holds(
@@ -30,7 +27,7 @@ def rollout_status_holds(
         if key in patch:
             if live.get(key) != patch[key]:
                 return False
-        elif key in live and key not in SHARED_KEYS:
+        elif key in live:
             return False
     have = {c.get("type"): c for c in live.get("conditions") or [] if c.get("type") in conditions}
     want = {c.get("type"): c for c in patch.get("conditions") or []}
