@@ -245,3 +245,32 @@ def test_unsupported_storage_and_missing_secret_tell_the_user(
     degraded = wait_condition(local_cluster, namespace, "creds", "Degraded")
     assert "create the Secret" in degraded["message"]
     assert "nowhere" in degraded["message"]
+
+
+def test_delete_with_no_operator_running_completes(
+    local_cluster: LocalCluster, namespace: str, operator: OperatorProcess, model_dir: Path
+) -> None:
+    """No finalizer waits for the operator: with it stopped, a ModelDeployment deleted by
+    its user goes at once and the garbage collector takes its children."""
+    apply(local_cluster, model_deployment("orphan", namespace, model_dir))
+    wait_for(
+        "every child",
+        lambda: children(local_cluster, namespace, "virtualservices", "orphan") == ["orphan"],
+    )
+    md = local_cluster.get("modeldeployment", "orphan", "-n", namespace)
+    assert md is not None
+    assert not md["metadata"].get("finalizers")
+    operator.kill()
+    done = local_cluster.kubectl(
+        "delete", "modeldeployment", "orphan", "-n", namespace, "--timeout=60s", check=False
+    )
+    assert done.returncode == 0, done.stderr
+    wait_for(
+        "the children to be garbage-collected",
+        lambda: not any(
+            children(local_cluster, namespace, kind, "orphan")
+            for kind in ("deployments", "services", "virtualservices", "destinationrules")
+        ),
+        timeout=120,
+    )
+    operator.start()

@@ -91,6 +91,11 @@ def register(settings: Settings, registry: kopf.OperatorRegistry) -> None:
             f"{elector.namespace}/{elector.name} as {elector.identity}" if elector else "off",
         )
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The same configuration the controller's client loads: in-cluster, else KUBECONFIG.
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         elector: LeaderElector | None = running.get("elector")
@@ -106,8 +111,9 @@ def register(settings: Settings, registry: kopf.OperatorRegistry) -> None:
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def on_model_deployment(event: kopf.RawEvent, **_: Any) -> None:
         controller: Controller | None = running.get("controller")
-        if controller is not None and event.get("type"):
-            controller.observe(str(event["type"]), dict(event["object"]))
+        if controller is not None:
+            # kopf's initial listing comes as events without a type.
+            controller.observe(str(event.get("type") or "ADDED"), dict(event["object"]))
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
