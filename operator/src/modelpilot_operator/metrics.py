@@ -72,6 +72,12 @@ class OperatorMetrics:
         self.writes = Counter(
             "modelpilot_api_writes", "Writes to the API server by kind.", ("kind",), registry=r
         )
+        self.requests = Counter(
+            "modelpilot_api_requests",
+            "Requests to the API server by HTTP verb (WATCH: each watch opened).",
+            ("verb",),
+            registry=r,
+        )
 
     def set_phase(self, namespace: str, name: str, phase: str) -> None:
         """Mark ``phase`` as current (every other phase 0) for one ModelDeployment."""

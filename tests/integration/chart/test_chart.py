@@ -103,7 +103,7 @@ def test_api_server_accepts_every_rendered_object(
     local_cluster: LocalCluster, namespace: str, tmp_path: Path, case: str
 ) -> None:
     """Server-side dry run: the real API server validates every object against its schema
-    (core kinds, and the installed CRDs for ServiceMonitor, PrometheusRule, KopfPeering)."""
+    (core kinds, and the installed CRDs for ServiceMonitor and PrometheusRule)."""
     local_cluster.kubectl("apply", "--server-side", "-f", str(CHART / "crds"))
     values: dict[str, object] = {**(FULL_VALUES if case == "full" else {})}
     if case == "full":
@@ -121,4 +121,4 @@ def test_api_server_accepts_every_rendered_object(
     kinds = {d["kind"] for d in docs}
     assert {"Deployment", "ServiceAccount", "ClusterRole", "ConfigMap"} <= kinds
     if case == "full":
-        assert {"ServiceMonitor", "PrometheusRule", "KopfPeering", "RoleBinding"} <= kinds
+        assert {"ServiceMonitor", "PrometheusRule", "Role", "RoleBinding"} <= kinds

@@ -32,12 +32,16 @@ def _count_write(verb: str, kind: str) -> None:
     METRICS.writes.labels(kind).inc()
 
 
+def _count_request(verb: str) -> None:
+    METRICS.requests.labels(verb).inc()
+
+
 def build(settings: Settings) -> tuple[Controller, LeaderElector | None]:
     """The controller (and its leader election) for ``settings``, not started."""
     elector: LeaderElector | None = None
     if settings.leader_election:
         elector = LeaderElector(
-            ApiServer.from_environment(),
+            ApiServer.from_environment(on_request=_count_request),
             namespace=settings.lease_namespace(),
             name=settings.leader_election_name,
             identity=settings.identity(),
@@ -46,10 +50,12 @@ def build(settings: Settings) -> tuple[Controller, LeaderElector | None]:
             retry_period=max(0.5, settings.lease_duration / 7.5),
         )
     leading = elector.is_leader if elector is not None else (lambda: True)
-    api = ApiServer.from_environment(on_write=_count_write, may_write=leading)
+    api = ApiServer.from_environment(
+        on_write=_count_write, may_write=leading, on_request=_count_request
+    )
     controller = Controller(
         api=api,
-        watch_api=ApiServer.from_environment(),
+        watch_api=ApiServer.from_environment(on_request=_count_request),
         namespaces=settings.namespaces,
         options=BuildOptions(
             default_image=settings.runtime_image, service_monitor=settings.service_monitor

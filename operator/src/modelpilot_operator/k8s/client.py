@@ -103,7 +103,9 @@ class ApiServer:
         timeout: float = 30.0,
         on_write: Callable[[str, str], None] | None = None,
         may_write: Callable[[], bool] | None = None,
+        on_request: Callable[[str], None] | None = None,
     ) -> None:
+        self._on_request = on_request
         self._client = api_client
         self._timeout = timeout
         self.writes: Counter[str] = Counter()
@@ -127,6 +129,7 @@ class ApiServer:
         context: str | None = None,
         on_write: Callable[[str, str], None] | None = None,
         may_write: Callable[[], bool] | None = None,
+        on_request: Callable[[str], None] | None = None,
     ) -> ApiServer:
         """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG)."""
         from kubernetes import client, config
@@ -146,7 +149,12 @@ class ApiServer:
                 ) from err
         # Workers, watches and analysis run in threads: a connection each.
         cfg.connection_pool_maxsize = 32
-        return cls(client.ApiClient(configuration=cfg), on_write=on_write, may_write=may_write)
+        return cls(
+            client.ApiClient(configuration=cfg),
+            on_write=on_write,
+            may_write=may_write,
+            on_request=on_request,
+        )
 
     def _call(
         self,
@@ -158,6 +166,8 @@ class ApiServer:
     ) -> dict[str, Any]:
         from kubernetes.client.exceptions import ApiException
 
+        if self._on_request is not None:
+            self._on_request(method)
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
@@ -290,6 +300,8 @@ class ApiServer:
         ]
         if label_selector:
             query.append(("labelSelector", label_selector))
+        if self._on_request is not None:
+            self._on_request("WATCH")
         params = self._client.param_serialize(
             method="GET",
             resource_path=kind.path(namespace),
