@@ -267,9 +267,11 @@ def test_delete_with_no_operator_running_completes(
     assert done.returncode == 0, done.stderr
     wait_for(
         "the children to be garbage-collected",
-        lambda: not any(
-            children(local_cluster, namespace, kind, "orphan")
-            for kind in ("deployments", "services", "virtualservices", "destinationrules")
+        lambda: (
+            not any(
+                children(local_cluster, namespace, kind, "orphan")
+                for kind in ("deployments", "services", "virtualservices", "destinationrules")
+            )
         ),
         timeout=120,
     )

@@ -19,7 +19,7 @@ from ..builders import md_name, md_namespace, read_route
 from ..builders.status import RECONCILER_STATUS_KEYS
 from ..k8s.client import KubeApi
 from ..k8s.status import write_rollout_status
-from ..rollout import Decision, Event, Observations, analysis_due, reconcile
+from ..rollout import Decision, Event, Observations, analysis_due, parse_time, reconcile
 from .analysis import AnalysisRunner
 
 EmitEvent = Callable[[Event], None]
@@ -89,6 +89,9 @@ def rollout_step(
         outcome = analysis.result((target.namespace, target.name), md.spec.rollout, target, window)
         if outcome is not None:
             record = outcome.record
+            # Decided as of the end of the interval the evidence covers (its queries ran
+            # off the worker, a moment ago): the decision's times are the record's.
+            now = parse_time(record.at)
             if outcome.unavailable:
                 emit(Event("Warning", "MetricsUnavailable", outcome.unavailable))
     obs = Observations(

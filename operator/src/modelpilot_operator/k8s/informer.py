@@ -55,6 +55,14 @@ def newer(candidate: dict[str, Any], current: dict[str, Any] | None) -> bool:
     return True
 
 
+def slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object without its managedFields (a third of a Deployment's size, never read)."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict) and "managedFields" in meta:
+        obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+    return obj
+
+
 def _key(obj: dict[str, Any]) -> ObjKey:
     meta = obj["metadata"]
     return (meta.get("namespace") or "", meta["name"])
@@ -118,6 +126,7 @@ class Informer:
 
     def store(self, obj: dict[str, Any]) -> None:
         """Put an object the operator just wrote (the API's answer) into the cache."""
+        obj = slim(obj)
         with self._lock:
             key = _key(obj)
             if newer(obj, self._objects.get(key)):
@@ -139,6 +148,7 @@ class Informer:
         self._stop.set()
 
     def _apply_event(self, type_: str, obj: dict[str, Any]) -> None:
+        obj = slim(obj)
         key = _key(obj)
         with self._lock:
             if type_ == "DELETED":
@@ -158,23 +168,24 @@ class Informer:
     def replace_all(self, items: list[dict[str, Any]]) -> None:
         """The cache becomes ``items`` (a full list); ``on_change`` hears of every object
         that appeared, changed or went."""
-        fresh = {_key(o): o for o in items}
+        fresh = {_key(o): slim(o) for o in items}
         with self._lock:
-            gone = [o for k, o in self._objects.items() if k not in fresh]
-            changed = [
-                o
-                for k, o in fresh.items()
-                if (self._objects.get(k) or {}).get("metadata", {}).get("resourceVersion")
-                != o["metadata"].get("resourceVersion")
-            ]
+            before = self._objects
             self._objects = fresh
         self.served = True
         self.synced.set()
         if self.on_change is not None:
-            for obj in gone:
-                self.on_change("DELETED", obj)
-            for obj in changed:
-                self.on_change("MODIFIED", obj)
+            for key, obj in before.items():
+                if key not in fresh:
+                    self.on_change("DELETED", obj)
+            for key, obj in fresh.items():
+                old = before.get(key)
+                if old is None:
+                    self.on_change("ADDED", obj)
+                elif old["metadata"].get("resourceVersion") != obj["metadata"].get(
+                    "resourceVersion"
+                ):
+                    self.on_change("MODIFIED", obj)
 
     def _run(self) -> None:
         version = ""
