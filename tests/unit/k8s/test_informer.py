@@ -42,7 +42,7 @@ class Script:
         item = self.lists.pop(0)
         if isinstance(item, Exception):
             raise item
-        return item
+        return item  # type: ignore[no-any-return]
 
     def watch(
         self,
