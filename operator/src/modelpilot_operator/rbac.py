@@ -30,7 +30,7 @@ _READ = ["get", "list", "watch"]
 
 RULES: list[dict[str, Any]] = [
     # The ModelDeployments themselves: watched; patched only to take off the finalizer that
-    # releases before 0.2 put on them.
+    # earlier versions put on them.
     {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
     # Children: server-side apply creates and updates, pruning deletes.

@@ -230,7 +230,7 @@ class Controller:
             return None
         finalizers = body["metadata"].get("finalizers") or []
         if LEGACY_FINALIZER in finalizers:
-            # Releases before 0.2 ran kopf timers, which hold a finalizer on the object.
+            # Earlier versions ran kopf timers, which hold a finalizer on the object.
             body = self.api.merge_patch(
                 MODEL_DEPLOYMENT,
                 namespace,

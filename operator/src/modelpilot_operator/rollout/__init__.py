@@ -1,13 +1,13 @@
 """PURE: the rollout state machine: (spec, status, observations, now) -> decision.
 
-The caller (``handlers/rollout.py``) runs one tick at a time::
+The caller (``controller/rollout.py``, once per pass of the control loop) runs one tick::
 
     window = analysis_due(spec, status, now)            # is an interval due?
-    record = run the analysis for window, if any         # analysis/, talks to Prometheus
+    record = the analysis of window, once its queries are done (off the worker)
     decision = reconcile(spec, status, Observations(weights read back from the route,
                          readiness, record), now)
-    patch status <- decision.status; apply decision.weights / mirror_percent to the route;
-    emit decision.events
+    apply status <- decision.status (desiredWeights, mirrorPercent, ...); emit the events;
+    the reconciler then renders the route from status.desiredWeights in the same pass
 
 All state is in ``status``: the step, when it started, when the last interval ended, how
 many intervals passed and failed, since when analysis has been inconclusive, the history of
