@@ -29,7 +29,7 @@ from ..analysis import MetricSource
 from ..api.v1alpha1 import API_VERSION, KIND, ModelDeployment
 from ..builders import LABEL_MODEL, MANAGED_BY, BuildOptions, md_name
 from ..builders.status import RECONCILER_STATUS_KEYS, problem_conditions
-from ..k8s.client import ApiError, ConflictError, KubeApi
+from ..k8s.client import ApiError, ConflictError, KubeApi, NotLeaderError
 from ..k8s.events import post_event
 from ..k8s.informer import Informer, WatchApi
 from ..k8s.kinds import CHILD_KINDS, HTTP_ROUTE, MODEL_DEPLOYMENT, POD, VIRTUAL_SERVICE, Kind
@@ -39,7 +39,7 @@ from ..metrics import METRICS, OperatorMetrics
 from ..rollout import ACTIVE_PHASES, Event
 from .analysis import AnalysisRunner
 from .rollout import has_work, rollout_step
-from .rollout_metrics import record_decision
+from .rollout_metrics import forget_decisions, record_decision
 from .workqueue import ShutDownError, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,9 @@ class Controller:
         started = time.perf_counter()
         try:
             requeue = self.sync(key)
+        except NotLeaderError:
+            # Leadership was lost mid-pass: the next leader looks at every key anyway.
+            return
         except ConflictError as err:
             # Decided on an object that changed meanwhile: decide again on the newer one.
             log.info("%s/%s changed while it was reconciled (%s); again", *key, err.message)
@@ -297,7 +300,7 @@ class Controller:
 
     def forget(self, key: Key) -> None:
         """The ModelDeployment is gone: drop its metrics and pending work."""
-        self.metrics.forget(*key)
+        forget_decisions(*key, self.metrics)
         if self.analysis is not None:
             self.analysis.forget(key)
         self.queue.drop(key)

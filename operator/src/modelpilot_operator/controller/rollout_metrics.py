@@ -30,3 +30,9 @@ def record_decision(
         ):
             if version and value is not None:
                 metrics.check_value.labels(namespace, name, check.name, version).set(value)
+
+
+def forget_decisions(namespace: str, name: str, metrics: OperatorMetrics = METRICS) -> None:
+    """A deleted ModelDeployment: its series and what was counted of it go."""
+    metrics.forget(namespace, name)
+    _last_counted.pop((namespace, name), None)
