@@ -129,6 +129,19 @@ def total(
     )
 
 
+def served_requests(api: Api) -> float:
+    """Every request the API server has served (``apiserver_request_total``, all clients;
+    watches counted when they open)."""
+    code, body = api.request("GET", "/metrics", timeout=30)
+    if code != 200:
+        return float("nan")
+    out = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith("apiserver_request_total{"):
+            out += float(line.rpartition(" ")[2])
+    return out
+
+
 def managed_times(obj: dict[str, Any], managers: tuple[str, ...]) -> list[str]:
     return [
         str(m.get("time", ""))
@@ -249,12 +262,15 @@ def model_deployment(name: str, namespace: str, batch: int = 8) -> dict[str, Any
     }
 
 
-def create_all(api: Api, namespace: str, names: list[str]) -> dict[str, float]:
-    """Creates from 4 threads (a client applying manifests in parallel); the send times."""
+def create_all(api: Api, namespace: str, names: list[str], rate: float = 0.0) -> dict[str, float]:
+    """Creates from 4 threads (a client applying manifests in parallel), as fast as they
+    go or, with ``rate``, at that many a second; the send times."""
     sent: dict[str, float] = {}
     path = f"{MD_PATH}/namespaces/{namespace}/modeldeployments"
     todo = list(names)
     lock = threading.Lock()
+    start = time.monotonic()
+    slots = iter(range(len(names)))
 
     def worker() -> None:
         while True:
@@ -262,6 +278,9 @@ def create_all(api: Api, namespace: str, names: list[str]) -> dict[str, float]:
                 if not todo:
                     return
                 name = todo.pop(0)
+                slot = next(slots)
+            if rate > 0:
+                time.sleep(max(0.0, start + slot / rate - time.monotonic()))
             sent[name] = time.monotonic()
             code, body = api.request("POST", path, model_deployment(name, namespace), timeout=30)
             if code != 201:
@@ -288,7 +307,9 @@ def children_of(name: str) -> list[tuple[str, str]]:
     ]
 
 
-def run(count: int, resync: str, out: Path, pods: bool = False) -> dict[str, Any]:
+def run(
+    count: int, resync: str, out: Path, pods: bool = False, rate: float = 0.0
+) -> dict[str, Any]:
     cluster = Cluster()
     if not cluster.ready():
         raise SystemExit("the local cluster is not running: python -m e2e.cluster up")
@@ -296,7 +317,13 @@ def run(count: int, resync: str, out: Path, pods: bool = False) -> dict[str, Any
     kubeconfig = cluster.layout.kubeconfig
     api = Api(cluster.layout)
     ns = f"bench-operator-{secrets.token_hex(3)}"
-    results: dict[str, Any] = {"count": count, "resync": resync, "namespace": ns, "pods": pods}
+    results: dict[str, Any] = {
+        "count": count,
+        "resync": resync,
+        "namespace": ns,
+        "pods": pods,
+        "rate": rate,
+    }
     global MODEL_URI
     if pods:
         # Pods really start: every version serves the tiny sample model from a local folder.
@@ -338,7 +365,7 @@ def run(count: int, resync: str, out: Path, pods: bool = False) -> dict[str, Any
     try:
         op.start()
         t0 = time.monotonic()
-        sent = create_all(api, ns, names)
+        sent = create_all(api, ns, names, rate)
         results["create_seconds"] = time.monotonic() - t0
 
         def all_children() -> bool:
@@ -383,10 +410,12 @@ def run(count: int, resync: str, out: Path, pods: bool = False) -> dict[str, Any
         wait_for("child events worked off", quiet, timeout=900, interval=0)
         results["settled_s"] = time.monotonic() - t0
         before = op.metrics()
+        served_before = served_requests(api)
         start_wall = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         mark = time.monotonic()
         time.sleep(2 * period)
         after = op.metrics()
+        served = served_requests(api) - served_before - 2  # less this run's own /metrics
         end = time.monotonic()
         resyncs = total(after, reconciles) - total(before, reconciles)
         writes = total(after, "modelpilot_api_writes_total") - total(
@@ -418,6 +447,8 @@ def run(count: int, resync: str, out: Path, pods: bool = False) -> dict[str, Any
             "operator_write_requests": writes,
             "writes_per_resync": writes / resyncs if resyncs else float("nan"),
             "api_requests": requests,
+            "api_server_requests_all_clients": served,
+            "api_server_requests_per_object_minute": served / count / ((end - mark) / 60),
             "api_requests_per_object_minute": sum(requests.values()) / count / ((end - mark) / 60),
             "objects_changed_by_operator": changed,
             "reconciles_in_window": resyncs,
@@ -502,13 +533,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pods", action="store_true", help="let the pods start (a runtime process each)"
     )
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="creates per second (0: as fast as possible)"
+    )
+    parser.add_argument("--name", default="", help="results-NAME.json (with --write)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    results = run(args.count, args.resync, args.out, args.pods)
+    results = run(args.count, args.resync, args.out, args.pods, args.rate)
     summary = {k: v for k, v in results.items() if k != "latencies_s"}
     print(json.dumps(summary, indent=2))
     if args.write:
-        stem = "results-pods" if args.pods else "results"
+        stem = f"results-{args.name}" if args.name else "results"
         (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
         try:
             plot(

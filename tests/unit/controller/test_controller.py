@@ -220,3 +220,13 @@ def test_the_engine_runs_only_while_it_has_work() -> None:
 
 def test_not_leader_error_is_an_api_error() -> None:
     assert NotLeaderError().reason == "NotLeader"
+
+
+def test_the_watch_event_of_its_own_status_write_enqueues_nothing() -> None:
+    cluster = Cluster(model_deployment(make_spec(candidate=None).to_wire()))
+    cluster.step()
+    queue = cluster.controller.queue
+    while queue.get(0) is not None:
+        pass
+    cluster.controller.observe("MODIFIED", cluster.body())  # what the watch brings next
+    assert queue.depth() == 0

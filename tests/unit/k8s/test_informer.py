@@ -132,3 +132,15 @@ def test_a_missing_crd_is_reported_as_not_served() -> None:
     inf.stop()
     assert not inf.served
     assert len(inf) == 0
+
+
+def test_the_event_of_the_operators_own_write_changes_nothing() -> None:
+    """The write was stored from the API's answer: its watch event is no news, and must
+    not enqueue another reconcile."""
+    seen: list[str] = []
+    inf = Informer(Script([], []), DEPLOYMENT, "ml", "", lambda t, o: seen.append(t))
+    inf.store(obj("a", 30))
+    inf._apply_event("MODIFIED", obj("a", 30))
+    assert seen == []
+    inf._apply_event("MODIFIED", obj("a", 31))
+    assert seen == ["MODIFIED"]

@@ -31,7 +31,7 @@ from ..builders import LABEL_MODEL, MANAGED_BY, BuildOptions, md_name
 from ..builders.status import RECONCILER_STATUS_KEYS, problem_conditions
 from ..k8s.client import ApiError, ConflictError, KubeApi, NotLeaderError
 from ..k8s.events import post_event
-from ..k8s.informer import Informer, WatchApi
+from ..k8s.informer import Informer, WatchApi, newer, same_version
 from ..k8s.kinds import CHILD_KINDS, HTTP_ROUTE, MODEL_DEPLOYMENT, POD, VIRTUAL_SERVICE, Kind
 from ..k8s.observe import ProviderCache, ProviderProbe
 from ..k8s.reconcile import ChildrenView, Reconciler, ReconcileResult
@@ -111,6 +111,9 @@ class Controller:
         if type_ == "DELETED":
             self.mds.discard(*key)
         else:
+            current = self.mds.get(*key)
+            if same_version(body, current) or not newer(body, current):
+                return  # the operator's own status write (or one before it), seen already
             self.mds.store(body)
         self.queue.add(key)
 

@@ -55,6 +55,14 @@ def newer(candidate: dict[str, Any], current: dict[str, Any] | None) -> bool:
     return True
 
 
+def same_version(a: dict[str, Any], b: dict[str, Any] | None) -> bool:
+    """Whether ``b`` is ``a`` as the cache holds it already (same resourceVersion)."""
+    version = a.get("metadata", {}).get("resourceVersion")
+    return (
+        b is not None and bool(version) and b.get("metadata", {}).get("resourceVersion") == version
+    )
+
+
 def slim(obj: dict[str, Any]) -> dict[str, Any]:
     """The object without its managedFields (a third of a Deployment's size, never read)."""
     meta = obj.get("metadata")
@@ -153,10 +161,13 @@ class Informer:
         with self._lock:
             if type_ == "DELETED":
                 self._objects.pop(key, None)
-            elif newer(obj, self._objects.get(key)):
-                self._objects[key] = obj
-            else:
+            elif same_version(obj, self._objects.get(key)) or not newer(
+                obj, self._objects.get(key)
+            ):
+                # The operator's own write, already stored; or an event older than it.
                 return
+            else:
+                self._objects[key] = obj
         if self.on_change is not None:
             self.on_change(type_, obj)
 
