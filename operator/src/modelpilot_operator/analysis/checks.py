@@ -12,15 +12,23 @@ Verdicts:
 - ``inconclusive``: fewer than ``minSamples`` requests for either version in the evidence,
   no candidate request in the interval, NaN or empty results, a query Prometheus rejects, or
   Prometheus unreachable. Never a pass and never a failure.
-- ``fail``: errorRate: the candidate's error rate is higher than stable's at the
-  ``significance`` level (one-sided Fisher exact test), or above ``max`` when set.
+- ``fail``: errorRate: the candidate's error rate is higher than stable's by the
+  group-sequential test (:mod:`.sequential`: the exact one-sided conditional p-value of the
+  cumulative counts below the nominal level of this look, from an alpha-spending design over
+  the rollout's planned looks, so a candidate as good as stable is rolled back with
+  probability at most ``significance`` over the whole rollout), or above ``max`` when set.
   latencyP50/P99: the candidate's quantile is more than ``maxRatio`` times stable's (1.1 when
   unset) *and* a one-sided rank test on the histograms says the candidate is slower at the
   ``significance`` level: a ratio from a few slow requests is not enough, nor is a
   significant but harmless slow-down. predictionDivergence: Jensen-Shannon divergence of the
   class distributions above ``max`` (0.02 bits when unset) *and* a G-test of homogeneity
   significant at the ``significance`` level. Custom query: the value outside ``min``/``max``.
-- ``pass``: otherwise.
+- ``pass``: otherwise; for an errorRate check with a ``tolerance``, only when the upper
+  ``confidence`` bound of the difference of the error rates (Newcombe's hybrid score) is
+  below the tolerance: the candidate is shown not worse by more than that. Until then the
+  check is ``inconclusive`` and says how many more candidate requests it needs at the
+  observed rates ("waiting for evidence"), so the step holds until the evidence suffices or
+  ``inconclusiveDeadline`` fails the rollout.
 
 The interval's verdict: ``fail`` if any check failed, else ``inconclusive`` if any check was,
 else ``pass``.
@@ -42,13 +50,15 @@ from ..api.v1alpha1 import (
     render_query,
 )
 from ..api.v1alpha1.status import Verdict
-from ..rollout import AnalysisWindow, format_time
-from . import stats
+from ..rollout import AnalysisWindow, format_time, required_passes
+from . import sequential, stats
 from .prometheus import MetricSource, MetricsUnavailableError, QueryError, Target
 
 DEFAULT_MAX_RATIO = 1.1
 DEFAULT_MAX_DIVERGENCE = 0.02
 QUANTILES = {"latencyP50": 0.5, "latencyP99": 0.99}
+# Power at which the planned sample size of a tolerance check is computed.
+PLANNING_POWER = 0.8
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,31 @@ class _Ctx:
         return (
             f"since the rollout started ({format_duration(round(self.window.cumulative_seconds))})"
         )
+
+
+def planned_information(rollout: Rollout) -> tuple[float, ...]:
+    """Information each planned look adds to a two-sample comparison of rates.
+
+    With a share ``w`` of the traffic on the candidate, an interval of N requests informs the
+    difference of the two rates as much as ``N * w * (1 - w)`` paired requests would; the
+    scale does not matter, only the proportions. Canary: one look per required passing
+    interval of each step, at the step's weight. abTest, shadow, blueGreen: ``iterations``
+    looks at a constant share.
+    """
+    if rollout.strategy != "canary":
+        return (1.0,) * rollout.iterations
+    looks: list[float] = []
+    for i, step in enumerate(rollout.steps):
+        w = min(max(step.weight / 100.0, 0.01), 0.99)
+        looks += [w * (1 - w)] * required_passes(rollout, i)
+    return tuple(looks)
+
+
+def error_rate_design(rollout: Rollout) -> sequential.Design:
+    """The group-sequential design of a rollout's rate comparisons."""
+    return sequential.Design(
+        alpha=rollout.analysis.significance, increments=planned_information(rollout)
+    )
 
 
 def analyze(
@@ -185,23 +220,61 @@ def _error_rate(ctx: _Ctx, check: Check) -> CheckResult:
         return _inconclusive(
             check, f"fewer than minSamples {ctx.min_samples} requests; {detail}", **values
         )
+    design = error_rate_design(ctx.rollout)
+    level = sequential.nominal_level(design, ctx.look)
+    values["threshold"] = level
     test = stats.rate_increase_test(ce, ct, se, st_)
     rate = ce / ct
+    look = f"look {ctx.look} of {design.planned_looks} planned, nominal level {level:.3g}"
+    needed: int | None = None
+    planned: int | None = None
     if check.max is not None and rate > check.max:
         verdict: Verdict = "fail"
         why = f"candidate error rate {rate:.4f} above max {check.max}"
-    elif test.p_value < ctx.alpha:
+    elif level > 0 and test.p_value <= level:
         verdict, why = "fail", f"candidate error rate higher than stable (p={test.p_value:.3g})"
-    else:
+    elif check.tolerance is None:
         verdict, why = "pass", f"no evidence of a higher error rate (p={test.p_value:.3g})"
+    else:
+        verdict, why, needed, planned = _within_tolerance(ctx, check.tolerance, ce, ct, se, st_)
+        why = f"{why}; no evidence of a higher error rate (p={test.p_value:.3g})"
     return CheckResult(
         name=check.name,
         verdict=verdict,
         statistic=_finite(test.statistic),
         p_value=_finite(test.p_value),
-        message=f"{why}; one-sided Fisher exact test, z={test.statistic:.2f}; {detail}",
+        needed_samples=needed,
+        planned_samples=planned,
+        message=f"{why}; group-sequential exact conditional test, {look}, "
+        f"z={test.statistic:.2f}; {detail}",
         **_clean(values),
     )
+
+
+def _within_tolerance(
+    ctx: _Ctx, tolerance: float, ce: int, ct: int, se: int, st_: int
+) -> tuple[Verdict, str, int | None, int | None]:
+    """Non-inferiority: is the candidate shown not worse than stable by ``tolerance``?"""
+    confidence = ctx.rollout.analysis.confidence
+    upper = stats.difference_upper_bound(ce, ct, se, st_, confidence)
+    pooled = (ce + se) / (ct + st_)
+    ratio = st_ / ct
+    planned_f = stats.noninferiority_samples(pooled, ratio, tolerance, confidence, PLANNING_POWER)
+    planned = math.ceil(planned_f) if math.isfinite(planned_f) else None
+    bound = f"upper {confidence:.0%} bound of the difference {upper:+.4f}, tolerance {tolerance}"
+    if upper < tolerance:
+        return "pass", f"within tolerance: {bound}", 0, planned
+    diff = ce / ct - se / st_
+    need = stats.noninferiority_samples(pooled, ratio, tolerance - diff, confidence, 0.0)
+    if not math.isfinite(need):
+        why = (
+            f"waiting for evidence: the observed difference {diff:+.4f} is not within the "
+            f"tolerance, more requests at this rate will not show it; {bound}"
+        )
+        return "inconclusive", why, None, planned
+    more = max(1, math.ceil(need) - ct)
+    why = f"waiting for evidence: {more} more candidate requests needed at this rate; {bound}"
+    return "inconclusive", why, more, planned
 
 
 def _latency(ctx: _Ctx, check: Check) -> CheckResult:

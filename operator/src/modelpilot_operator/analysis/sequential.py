@@ -23,7 +23,7 @@ Here the looks are designed jointly (Lan and DeMets' alpha spending; Jennison an
   sub-density of "not stopped yet" is carried from look to look on a fine grid, and the
   boundary of look k is the point above which exactly the spending increment of look k lies.
 - A look rejects when the *exact* one-sided p-value of the cumulative counts (the
-  conditional test, Fisher's) is below the boundary's nominal level ``1 - Phi(c_k)``. At
+  conditional test, :func:`.stats.rate_increase_test`) is below the boundary's nominal level ``1 - Phi(c_k)``. At
   small counts the exact test is conservative, so each look's real level is at most its
   nominal one, and the A/A rate stays within ``alpha`` (``tests/unit/analysis``, and
   ``benchmarks/analysis`` on simulated traffic).

@@ -53,6 +53,16 @@ class CheckResult(ApiModel):
     statistic: float | None = None
     p_value: float | None = None
     threshold: float | None = None
+    planned_samples: int | None = Field(
+        default=None,
+        description="Candidate requests the check plans to need to show the candidate within "
+        "its tolerance (at the observed rates and traffic shares).",
+    )
+    needed_samples: int | None = Field(
+        default=None,
+        description="More candidate requests needed, at the observed rates, before the check "
+        "can pass (waiting for evidence).",
+    )
     message: Message = ""
 
 
@@ -111,6 +121,9 @@ class ModelDeploymentStatus(ApiModel):
     step_started_at: Timestamp | None = None
     rollout_started_at: Timestamp | None = None
     last_analysis_at: Timestamp | None = None
+    evidence_since: Timestamp | None = Field(
+        default=None, description="End of the warm-up: the checks judge requests from here on."
+    )
     passed_intervals: int = 0
     failed_intervals: int = 0
     inconclusive_since: Timestamp | None = None
