@@ -124,7 +124,8 @@ def test_a_rollout_plans_one_look_per_required_passing_interval() -> None:
     # Default steps 10/25/50, one interval each.
     assert planned_information(ro) == pytest.approx((0.09, 0.1875, 0.25))
     d = error_rate_design(ro)
-    assert d.alpha == ro.analysis.significance and d.planned_looks == 3
+    assert d.alpha == ro.analysis.significance
+    assert d.planned_looks == 3
 
 
 def test_z_boundaries_match_the_levels() -> None:

@@ -119,11 +119,12 @@ class ModelDeploymentStatus(ApiModel):
     mirror_percent: int = Field(default=0, ge=0, le=100)
     step: int | None = None
     step_started_at: Timestamp | None = None
-    rollout_started_at: Timestamp | None = None
-    last_analysis_at: Timestamp | None = None
-    evidence_since: Timestamp | None = Field(
-        default=None, description="End of the warm-up: the checks judge requests from here on."
+    rollout_started_at: Timestamp | None = Field(
+        default=None,
+        description="Start of the evidence the checks judge: when the rollout started, moved "
+        "to the end of the warm-up (analysis.warmup) once that is over.",
     )
+    last_analysis_at: Timestamp | None = None
     passed_intervals: int = 0
     failed_intervals: int = 0
     inconclusive_since: Timestamp | None = None
