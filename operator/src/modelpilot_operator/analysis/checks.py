@@ -304,7 +304,10 @@ def _latency(ctx: _Ctx, check: Check) -> CheckResult:
         return _inconclusive(check, f"no usable histogram; {detail}", **values)
     ratio = cq / sq
     test = stats.rank_slower_test(cb, sb)
-    significant = not math.isnan(test.p_value) and test.p_value < ctx.alpha
+    # The rank test looks at the same growing evidence every interval: the same
+    # group-sequential levels as the error rate keep its false alarms within significance.
+    level = sequential.nominal_level(error_rate_design(ctx.rollout), ctx.look)
+    significant = not math.isnan(test.p_value) and level > 0 and test.p_value <= level
     if ratio > max_ratio and significant:
         verdict: Verdict = "fail"
         why = f"ratio {ratio:.3f} above maxRatio {max_ratio} and slower (p={test.p_value:.3g})"
