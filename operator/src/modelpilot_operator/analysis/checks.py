@@ -87,16 +87,14 @@ class _Ctx:
         return max(1, round(self.window.cumulative_seconds / interval))
 
     @property
-    def alpha(self) -> float:
-        """The level of this look: ``significance / look``.
+    def level(self) -> float:
+        """The nominal level of this look for every statistical check.
 
-        The evidence accumulates, so the same test is repeated on growing data; without a
-        correction the chance of a false alarm somewhere in a rollout grows with every
-        interval. Spending ``significance / k`` on look k keeps the repeated tests from
-        firing on noise as the rollout goes on, while the early looks, where a bad candidate
-        is caught soonest, keep most of their power.
+        The evidence accumulates, so the same tests are repeated on growing data: the levels
+        come from the rollout's group-sequential design (:func:`error_rate_design`), which
+        keeps the chance of a false alarm over the whole rollout within ``significance``.
         """
-        return self.rollout.analysis.significance / self.look
+        return sequential.nominal_level(error_rate_design(self.rollout), self.look)
 
     def evidence(self) -> str:
         return (
@@ -122,10 +120,20 @@ def planned_information(rollout: Rollout) -> tuple[float, ...]:
     return tuple(looks)
 
 
+STATISTICAL_CHECKS = frozenset({"errorRate", "latencyP50", "latencyP99", "predictionDivergence"})
+
+
 def error_rate_design(rollout: Rollout) -> sequential.Design:
-    """The group-sequential design of a rollout's rate comparisons."""
+    """The group-sequential design of a rollout's statistical checks.
+
+    ``significance`` is shared by the statistical built-ins (Bonferroni): with an error-rate
+    and a p99 check each gets half, so that a candidate as good as stable is rolled back by
+    either with probability at most ``significance`` over the rollout.
+    """
+    tests = sum(1 for c in rollout.analysis.checks if c.builtin in STATISTICAL_CHECKS)
     return sequential.Design(
-        alpha=rollout.analysis.significance, increments=planned_information(rollout)
+        alpha=rollout.analysis.significance / max(1, tests),
+        increments=planned_information(rollout),
     )
 
 
@@ -210,7 +218,7 @@ def _error_rate(ctx: _Ctx, check: Check) -> CheckResult:
         "stable_value": _rate(se, st_),
         "candidate_samples": ct,
         "stable_samples": st_,
-        "threshold": ctx.alpha,
+        "threshold": ctx.level,
     }
     if any(math.isnan(x) for x in (c.total, c.errors, s.total, s.errors)):
         return _inconclusive(check, f"NaN in the request counts; {detail}", **values)
@@ -221,7 +229,7 @@ def _error_rate(ctx: _Ctx, check: Check) -> CheckResult:
             check, f"fewer than minSamples {ctx.min_samples} requests; {detail}", **values
         )
     design = error_rate_design(ctx.rollout)
-    level = sequential.nominal_level(design, ctx.look)
+    level = ctx.level
     values["threshold"] = level
     test = stats.rate_increase_test(ce, ct, se, st_)
     rate = ce / ct
@@ -306,7 +314,7 @@ def _latency(ctx: _Ctx, check: Check) -> CheckResult:
     test = stats.rank_slower_test(cb, sb)
     # The rank test looks at the same growing evidence every interval: the same
     # group-sequential levels as the error rate keep its false alarms within significance.
-    level = sequential.nominal_level(error_rate_design(ctx.rollout), ctx.look)
+    level = ctx.level
     significant = not math.isnan(test.p_value) and level > 0 and test.p_value <= level
     if ratio > max_ratio and significant:
         verdict: Verdict = "fail"
@@ -351,7 +359,7 @@ def _divergence(ctx: _Ctx, check: Check) -> CheckResult:
     if math.isnan(jsd):
         return _inconclusive(check, f"no class counts; {detail}", **values)
     test = stats.homogeneity_test(cc, sc)
-    significant = not math.isnan(test.p_value) and test.p_value < ctx.alpha
+    significant = not math.isnan(test.p_value) and ctx.level > 0 and test.p_value <= ctx.level
     if jsd > limit and significant:
         verdict: Verdict = "fail"
         why = f"divergence {jsd:.4f} above max {limit} (G-test p={test.p_value:.3g})"

@@ -232,10 +232,33 @@ def difference_upper_bound(
     """
     if c_total <= 0 or s_total <= 0:
         return math.inf
-    pc, ps = c_events / c_total, s_events / s_total
-    _, uc = wilson_interval(c_events, c_total, confidence)
-    ls, _ = wilson_interval(s_events, s_total, confidence)
-    return pc - ps + math.sqrt((uc - pc) ** 2 + (ps - ls) ** 2)
+    return float(difference_upper_bounds(c_events, c_total, s_events, s_total, confidence))
+
+
+def difference_upper_bounds(
+    c_events: np.ndarray | int,
+    c_total: np.ndarray | int,
+    s_events: np.ndarray | int,
+    s_total: np.ndarray | int,
+    confidence: float,
+) -> np.ndarray:
+    """:func:`difference_upper_bound` element-wise (``inf`` where a total is 0)."""
+    z = float(stats.norm.isf(1 - confidence))
+    ce, ct = np.asarray(c_events, dtype=float), np.asarray(c_total, dtype=float)
+    se, st = np.asarray(s_events, dtype=float), np.asarray(s_total, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pc, ps = ce / ct, se / st
+
+        def wilson(p: np.ndarray, n: np.ndarray, sign: float) -> np.ndarray:
+            denom = 1 + z * z / n
+            centre = (p + z * z / (2 * n)) / denom
+            half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+            return np.asarray(np.clip(centre + sign * half, 0.0, 1.0))
+
+        uc = wilson(pc, ct, 1.0)
+        ls = wilson(ps, st, -1.0)
+        bound = pc - ps + np.sqrt((uc - pc) ** 2 + (ps - ls) ** 2)
+    return np.asarray(np.where((ct > 0) & (st > 0), bound, np.inf))
 
 
 def noninferiority_samples(
