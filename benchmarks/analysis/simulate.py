@@ -208,9 +208,7 @@ def _statistical(setup: Setup, ro: Rollout, sequential_levels: bool, tolerance: 
         fail_lat = (ratio > setup.max_ratio) & np.nan_to_num(sig, nan=False).astype(bool)
         verdict = np.full(len(ev.ct), PASS)
         if tolerance:
-            upper = stats.difference_upper_bounds(
-                ev.ce, ev.ct, ev.se, ev.st, setup.confidence
-            )
+            upper = stats.difference_upper_bounds(ev.ce, ev.ct, ev.se, ev.st, setup.confidence)
             verdict = np.where(upper < setup.tolerance, PASS, INCONCLUSIVE)
         verdict = np.where(fail_err | fail_lat, FAIL, verdict)
         return np.where(enough, verdict, INCONCLUSIVE)
@@ -336,7 +334,9 @@ def run_row(
         done_step = passed & (passes >= needed[np.minimum(step, len(needed) - 1)])
         step = np.where(done_step, step + 1, step)
         passes = np.where(done_step, 0, passes)
-        outcome = np.where(done_step & (step >= len(shares)) & (outcome == ACTIVE), PROMOTED, outcome)
+        outcome = np.where(
+            done_step & (step >= len(shares)) & (outcome == ACTIVE), PROMOTED, outcome
+        )
     return RowResult(outcome, intervals)
 
 
