@@ -9,8 +9,9 @@ the evidence accumulates since the rollout started. Judges:
 
 - ``modelpilot``: this repository's checks, through the same functions the operator calls
   (``analysis.stats`` on arrays, ``analysis.sequential`` boundaries of the rollout's design):
-  group-sequential exact conditional test on errors, rank test on latency at the same
-  levels, and non-inferiority against ``errorRate.tolerance``.
+  group-sequential exact conditional test on errors, rank test and bucket-exceedance
+  tests on latency at the same levels, and non-inferiority against
+  ``errorRate.tolerance``.
 - ``previous``: the judge before this change: the same tests at ``significance / k`` at look
   k, no tolerance (promotion on absence of evidence).
 - ``fixed threshold``: Flagger-like, the last interval only: error rate above baseline +
@@ -44,7 +45,7 @@ import numpy as np
 from scipy import stats as sps
 
 from modelpilot_operator.analysis import sequential, stats
-from modelpilot_operator.analysis.checks import error_rate_design
+from modelpilot_operator.analysis.checks import error_rate_design, latency_levels
 from modelpilot_operator.api.v1alpha1 import ModelDeployment, Rollout
 from modelpilot_operator.rollout import required_passes
 from modelpilot_runtime.metrics import LATENCY_BUCKETS
@@ -203,9 +204,14 @@ def _statistical(setup: Setup, ro: Rollout, sequential_levels: bool, tolerance: 
         p_err = stats.rate_increase_p_values(ev.ce, ev.ct, ev.se, ev.st)
         fail_err = p_err <= level if sequential_levels else p_err < level
         ratio = quantiles(ev.hc, 0.99) / quantiles(ev.hs, 0.99)
-        p_lat = rank_slower_p(ev.hc, ev.hs)
-        sig = (p_lat <= level) if sequential_levels else (p_lat < level)
-        fail_lat = (ratio > setup.max_ratio) & np.nan_to_num(sig, nan=False).astype(bool)
+        p_lat = np.nan_to_num(rank_slower_p(ev.hc, ev.hs), nan=1.0)
+        if sequential_levels:
+            rank_level, tail_level = latency_levels(ro, ev.look)
+            tails = stats.exceedance_p_values(ev.hc, ev.hs, 0.99).min(axis=1)
+            sig = (p_lat <= rank_level) | (tails <= tail_level)
+        else:
+            sig = p_lat < level
+        fail_lat = (ratio > setup.max_ratio) & sig
         verdict = np.full(len(ev.ct), PASS)
         if tolerance:
             upper = stats.difference_upper_bounds(ev.ce, ev.ct, ev.se, ev.st, setup.confidence)

@@ -132,3 +132,45 @@ def test_z_boundaries_match_the_levels() -> None:
     d = Design(0.05, (1.0, 1.0, 1.0))
     for z, p in zip(sequential.z_boundaries(d), nominal_levels(d), strict=True):
         assert math.isinf(z) if p == 0 else sps.norm.sf(z) == pytest.approx(p)
+
+
+def _latency_rollouts(factor: float, looks: int, rollouts: int, seed: int) -> np.ndarray:
+    """Cumulative per-bucket latency counts (rollouts x looks x buckets), log-normal."""
+    bounds = np.asarray([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0])
+    rng = np.random.default_rng(seed)
+
+    def probs(f: float) -> np.ndarray:
+        cdf = sps.norm.cdf((np.log(bounds) - math.log(0.03 * f)) / 0.5)
+        return np.diff(np.concatenate(([0.0], cdf, [1.0])))
+
+    c = rng.multinomial(rng.poisson(200, (rollouts, looks)), probs(factor))
+    s = rng.multinomial(rng.poisson(1800, (rollouts, looks)), probs(1.0))
+    return np.stack([np.cumsum(c, axis=1), np.cumsum(s, axis=1)])
+
+
+def test_bucket_exceedance_tests_hold_their_level_over_many_looks_and_see_a_slower_tail() -> None:
+    looks, rollouts = 60, 2000
+    d = Design(0.005, (1.0,) * 6)
+    levels = np.asarray([nominal_level(d, k) for k in range(1, looks + 1)])
+    for factor, check in ((1.0, "null"), (1.2, "slower")):
+        c, s = _latency_rollouts(factor, looks, rollouts, seed=5)
+        p = stats.exceedance_p_values(
+            c.reshape(-1, c.shape[-1]), s.reshape(-1, s.shape[-1]), 0.99
+        ).reshape(rollouts, looks, 2)
+        rejected = (p <= levels[None, :, None]).any(axis=(1, 2)).mean()
+        if check == "null":
+            # Two bucket tests at the full level each: within twice the level.
+            assert rejected <= 2 * 0.005 + 3 * math.sqrt(0.01 / rollouts)
+        else:
+            assert rejected > 0.9
+
+
+def test_bucket_exceedance_uses_the_bounds_around_stables_quantile() -> None:
+    # Stable: 100 requests, 99 in the first bucket, 1 in the second: p99 in bucket 0.
+    s = np.asarray([99.0, 1.0, 0.0, 0.0])
+    # Candidate: much heavier above the first bound.
+    c = np.asarray([80.0, 15.0, 5.0, 0.0])
+    below, above = stats.exceedance_p_values(c, s, 0.99)[0]
+    assert below == 1.0  # no bound below the first bucket
+    assert above < 1e-4
+    assert stats.exceedance_p_values(s, s, 0.99)[0].min() > 0.4

@@ -18,11 +18,14 @@ Verdicts:
   the rollout's planned looks, so a candidate as good as stable is rolled back with
   probability at most ``significance`` over the whole rollout), or above ``max`` when set.
   latencyP50/P99: the candidate's quantile is more than ``maxRatio`` times stable's (1.1 when
-  unset) *and* a one-sided rank test on the histograms says the candidate is slower at the
-  ``significance`` level: a ratio from a few slow requests is not enough, nor is a
-  significant but harmless slow-down. predictionDivergence: Jensen-Shannon divergence of the
-  class distributions above ``max`` (0.02 bits when unset) *and* a G-test of homogeneity
-  significant at the ``significance`` level. Custom query: the value outside ``min``/``max``.
+  unset) *and* the candidate is significantly slower: a one-sided rank test on the
+  histograms, or the exact count test on the requests slower than either bucket bound
+  around stable's quantile (:func:`.stats.exceedance_p_values`), below the
+  group-sequential level of its share of the check's alpha. A ratio from a few slow
+  requests is not enough, nor is a significant but harmless slow-down.
+  predictionDivergence: Jensen-Shannon divergence of the class distributions above ``max``
+  (0.02 bits when unset) *and* a G-test of homogeneity below the group-sequential level of
+  the look. Custom query: the value outside ``min``/``max``.
 - ``pass``: otherwise; for an errorRate check with a ``tolerance``, only when the upper
   ``confidence`` bound of the difference of the error rates (Newcombe's hybrid score) is
   below the tolerance: the candidate is shown not worse by more than that. Until then the
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..api.v1alpha1 import (
     AnalysisRecord,
@@ -312,13 +315,25 @@ def _latency(ctx: _Ctx, check: Check) -> CheckResult:
         return _inconclusive(check, f"no usable histogram; {detail}", **values)
     ratio = cq / sq
     test = stats.rank_slower_test(cb, sb)
-    # The rank test looks at the same growing evidence every interval: the same
-    # group-sequential levels as the error rate keep its false alarms within significance.
-    level = ctx.level
-    significant = not math.isnan(test.p_value) and level > 0 and test.p_value <= level
-    if ratio > max_ratio and significant:
+    bounds = sorted({float(le) for le, _ in cb} | {float(le) for le, _ in sb})
+    tails = stats.exceedance_p_values(
+        stats.bucket_counts(cb, bounds), stats.bucket_counts(sb, bounds), q
+    )[0]
+    # The check's share of significance is split: half for the rank test (the whole
+    # distribution), a quarter for each bucket test (the tail around the quantile), each
+    # at the group-sequential level of its share, so the check's false alarms stay within
+    # its share over the rollout.
+    rank_level, tail_level = latency_levels(ctx.rollout, ctx.look)
+    slower = not math.isnan(test.p_value) and rank_level > 0 and test.p_value <= rank_level
+    heavier = tail_level > 0 and float(tails.min()) <= tail_level
+    tests = (
+        f"one-sided Mann-Whitney on the buckets p={test.p_value:.3g} (level {rank_level:.3g}), "
+        f"slow-request counts above the two bounds around stable's p{round(q * 100)} "
+        f"p={tails[0]:.3g}, {tails[1]:.3g} (level {tail_level:.3g} each), look {ctx.look}"
+    )
+    if ratio > max_ratio and (slower or heavier):
         verdict: Verdict = "fail"
-        why = f"ratio {ratio:.3f} above maxRatio {max_ratio} and slower (p={test.p_value:.3g})"
+        why = f"ratio {ratio:.3f} above maxRatio {max_ratio} and slower"
     elif ratio > max_ratio:
         verdict, why = "pass", f"ratio {ratio:.3f} above maxRatio but not significant"
     else:
@@ -327,10 +342,18 @@ def _latency(ctx: _Ctx, check: Check) -> CheckResult:
         name=check.name,
         verdict=verdict,
         statistic=_finite(test.statistic),
-        p_value=_finite(test.p_value),
-        message=f"{why}; one-sided Mann-Whitney on the histogram buckets; {detail}",
+        p_value=_finite(min(test.p_value, float(tails.min()))),
+        message=f"{why}; {tests}; {detail}",
         **_clean(values),
     )
+
+
+def latency_levels(rollout: Rollout, look: int) -> tuple[float, float]:
+    """Nominal levels at ``look`` of a latency check's rank test and of each bucket test."""
+    design = error_rate_design(rollout)
+    rank = sequential.nominal_level(replace(design, alpha=design.alpha / 2), look)
+    tail = sequential.nominal_level(replace(design, alpha=design.alpha / 4), look)
+    return rank, tail
 
 
 def _divergence(ctx: _Ctx, check: Check) -> CheckResult:
