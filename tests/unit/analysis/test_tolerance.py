@@ -46,11 +46,27 @@ def test_too_little_evidence_waits_and_says_how_much_more_is_needed() -> None:
     assert c.needed_samples == int(m.group(1)) > 0
     # The same check without a tolerance passes on the same numbers (absence of evidence).
     assert run(rollout(ERR), fake).record.verdict == "pass"
-    # With that many more requests at the same rates, the bound falls below the tolerance.
-    more = c.needed_samples
-    n_c = 1000 + more
-    n_s = 5000 * n_c // 1000
-    assert stats.difference_upper_bound(n_c // 100, n_c, n_s // 100, n_s, 0.95) < 0.005 * 1.05
+    # With that many more requests at the same rates, the bound falls below the tolerance,
+    # and not with a tenth fewer.
+    for share, below in ((1.0, True), (0.9, False)):
+        n_c = 1000 + share * c.needed_samples
+        n_s = 5 * n_c
+        bound = stats.difference_upper_bounds(n_c / 100, n_c, n_s / 100, n_s, 0.95)
+        assert bool(bound < 0.005 * 1.0001) == below
+
+
+def test_no_errors_at_all_still_needs_evidence() -> None:
+    # Zero errors: the bound is about 3/n (the rule of three), not 0; the planned and the
+    # needed sample sizes say so rather than "almost none".
+    fake = FakePrometheus(
+        per_window(VersionData(codes={"200": 5000}), VersionData(codes={"200": 300}))
+    )
+    c = run(rollout(TOL), fake).record.checks[0]
+    assert c.verdict == "inconclusive"
+    assert c.needed_samples is not None
+    assert 100 < c.needed_samples < 1000
+    assert c.planned_samples is not None
+    assert c.planned_samples > 300
 
 
 def test_a_rate_above_the_tolerance_never_passes_and_a_significant_one_fails() -> None:
@@ -63,7 +79,7 @@ def test_a_rate_above_the_tolerance_never_passes_and_a_significant_one_fails() -
     c = run(rollout(TOL), fake).record.checks[0]
     assert c.verdict == "inconclusive"
     assert c.needed_samples is None
-    assert "not within the tolerance" in c.message
+    assert "will not show the candidate within the tolerance" in c.message
     bad = FakePrometheus(
         per_window(
             VersionData(codes={"200": 49500, "500": 500}),

@@ -60,8 +60,6 @@ from .prometheus import MetricSource, MetricsUnavailableError, QueryError, Targe
 DEFAULT_MAX_RATIO = 1.1
 DEFAULT_MAX_DIVERGENCE = 0.02
 QUANTILES = {"latencyP50": 0.5, "latencyP99": 0.99}
-# Power at which the planned sample size of a tolerance check is computed.
-PLANNING_POWER = 0.8
 
 
 @dataclass(frozen=True)
@@ -265,22 +263,30 @@ def _error_rate(ctx: _Ctx, check: Check) -> CheckResult:
 def _within_tolerance(
     ctx: _Ctx, tolerance: float, ce: int, ct: int, se: int, st_: int
 ) -> tuple[Verdict, str, int | None, int | None]:
-    """Non-inferiority: is the candidate shown not worse than stable by ``tolerance``?"""
+    """Non-inferiority: is the candidate shown not worse than stable by ``tolerance``?
+
+    Also returns how many more candidate requests the bound needs at the observed rates and
+    shares (0 when it passes, ``None`` when more requests at these rates will not do), and
+    the planned sample size: the candidate requests at which the bound falls below the
+    tolerance when both versions have the pooled error rate (a candidate as good as stable,
+    the median case).
+    """
     confidence = ctx.rollout.analysis.confidence
     upper = stats.difference_upper_bound(ce, ct, se, st_, confidence)
     pooled = (ce + se) / (ct + st_)
-    ratio = st_ / ct
-    planned_f = stats.noninferiority_samples(pooled, ratio, tolerance, confidence, PLANNING_POWER)
+    planned_f = stats.samples_until_within(
+        pooled * ct, ct, pooled * st_, st_, tolerance, confidence
+    )
     planned = math.ceil(planned_f) if math.isfinite(planned_f) else None
     bound = f"upper {confidence:.0%} bound of the difference {upper:+.4f}, tolerance {tolerance}"
     if upper < tolerance:
         return "pass", f"within tolerance: {bound}", 0, planned
-    diff = ce / ct - se / st_
-    need = stats.noninferiority_samples(pooled, ratio, tolerance - diff, confidence, 0.0)
+    need = stats.samples_until_within(ce, ct, se, st_, tolerance, confidence)
     if not math.isfinite(need):
+        diff = ce / ct - se / st_
         why = (
-            f"waiting for evidence: the observed difference {diff:+.4f} is not within the "
-            f"tolerance, more requests at this rate will not show it; {bound}"
+            f"waiting for evidence: at the observed difference {diff:+.4f} more requests at "
+            f"this rate will not show the candidate within the tolerance; {bound}"
         )
         return "inconclusive", why, None, planned
     more = max(1, math.ceil(need) - ct)

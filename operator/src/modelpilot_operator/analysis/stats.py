@@ -56,10 +56,10 @@ def rate_increase_test(c_events: int, c_total: int, s_events: int, s_total: int)
 
 
 def rate_increase_p_values(
-    c_events: np.ndarray | int,
-    c_total: np.ndarray | int,
-    s_events: np.ndarray | int,
-    s_total: np.ndarray | int,
+    c_events: np.ndarray | float,
+    c_total: np.ndarray | float,
+    s_events: np.ndarray | float,
+    s_total: np.ndarray | float,
 ) -> np.ndarray:
     """The one-sided p-values of :func:`rate_increase_test`, element-wise.
 
@@ -236,10 +236,10 @@ def difference_upper_bound(
 
 
 def difference_upper_bounds(
-    c_events: np.ndarray | int,
-    c_total: np.ndarray | int,
-    s_events: np.ndarray | int,
-    s_total: np.ndarray | int,
+    c_events: np.ndarray | float,
+    c_total: np.ndarray | float,
+    s_events: np.ndarray | float,
+    s_total: np.ndarray | float,
     confidence: float,
 ) -> np.ndarray:
     """:func:`difference_upper_bound` element-wise (``inf`` where a total is 0)."""
@@ -261,25 +261,32 @@ def difference_upper_bounds(
     return np.asarray(np.where((ct > 0) & (st > 0), bound, np.inf))
 
 
-def noninferiority_samples(
-    rate: float, stable_per_candidate: float, margin: float, confidence: float, power: float
+def samples_until_within(
+    c_events: float,
+    c_total: float,
+    s_events: float,
+    s_total: float,
+    margin: float,
+    confidence: float,
+    max_factor: float = 1e4,
 ) -> float:
-    """Candidate requests for the upper bound of the difference to fall below ``margin``.
+    """Candidate requests at which :func:`difference_upper_bound` falls below ``margin`` if
+    both versions had their observed rates and traffic shares (fewer than ``c_total`` when
+    the evidence is more than enough; ``inf``: not within ``max_factor`` times the evidence,
+    or never, when the observed difference is not below the margin).
 
-    Normal approximation: the difference of two rates near ``rate`` with
-    ``stable_per_candidate`` stable requests for each candidate request has variance
-    ``rate (1 - rate) (1 + 1 / r) / n``; the bound ``d + z_conf * sd`` falls below the margin
-    with probability ``power`` when ``(z_conf + z_power) * sd <= margin - d`` (here d is the
-    true difference, 0 when planning; the observed one when saying how much more is needed).
-    ``inf`` when the margin is not above 0.
+    The counts are scaled up together on a fine geometric grid and the bound itself is
+    evaluated, so the answer is right at zero and few errors too, where a normal-approximation
+    sample size formula says "almost none".
     """
-    if margin <= 0 or stable_per_candidate <= 0:
+    if c_total <= 0 or s_total <= 0 or margin <= 0:
         return math.inf
-    z = float(stats.norm.isf(1 - confidence)) + (
-        float(stats.norm.isf(1 - power)) if power > 0.5 else 0.0
+    factors = np.geomspace(1.0 / max_factor, max_factor, 2400)
+    bounds = difference_upper_bounds(
+        c_events * factors, c_total * factors, s_events * factors, s_total * factors, confidence
     )
-    p = min(max(rate, 1e-6), 1 - 1e-6)
-    return z * z * p * (1 - p) * (1 + 1 / stable_per_candidate) / (margin * margin)
+    within = np.nonzero(bounds < margin)[0]
+    return math.inf if len(within) == 0 else float(c_total * factors[within[0]])
 
 
 def exceedance_p_values(c_counts: np.ndarray, s_counts: np.ndarray, q: float) -> np.ndarray:

@@ -55,8 +55,8 @@ class CheckResult(ApiModel):
     threshold: float | None = None
     planned_samples: int | None = Field(
         default=None,
-        description="Candidate requests the check plans to need to show the candidate within "
-        "its tolerance (at the observed rates and traffic shares).",
+        description="Candidate requests a tolerance check plans to need to show a candidate "
+        "as good as stable within its tolerance (pooled error rate, observed traffic shares).",
     )
     needed_samples: int | None = Field(
         default=None,
