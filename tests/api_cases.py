@@ -78,8 +78,10 @@ def full() -> dict[str, Any]:
                     "interval": "1m",
                     "minSamples": 200,
                     "failureLimit": 2,
+                    "warmup": "30s",
+                    "confidence": 0.95,
                     "checks": [
-                        {"name": "error-rate", "builtin": "errorRate"},
+                        {"name": "error-rate", "builtin": "errorRate", "tolerance": 0.005},
                         {"name": "p99", "builtin": "latencyP99", "maxRatio": 1.2},
                         {"name": "agreement", "builtin": "predictionDivergence", "max": 0.05},
                         {
@@ -300,6 +302,16 @@ INVALID: list[Case] = [
         ),
         "maxRatio applies only to the latency built-ins",
         "maxRatio applies only to the latency built-ins",
+    ),
+    Case(
+        "tolerance-on-latency",
+        _with(
+            full(),
+            "spec.rollout.analysis.checks",
+            [{"name": "x", "builtin": "latencyP99", "tolerance": 0.01}],
+        ),
+        "tolerance applies only to the errorRate built-in",
+        "tolerance applies only to the errorRate built-in",
     ),
     Case(
         "max-replicas-below-min",

@@ -71,13 +71,17 @@ def version(name: str, model_dir: Path, *, faults: dict[str, str] | None = None)
 
 
 def analysis(
-    *checks: dict[str, Any], interval: str = "5s", failure_limit: int = 1, min_samples: int = 20
+    *checks: dict[str, Any],
+    interval: str = "5s",
+    failure_limit: int = 1,
+    min_samples: int = 20,
+    inconclusive_deadline: str = "3m",
 ) -> dict[str, Any]:
     return {
         "interval": interval,
         "minSamples": min_samples,
         "failureLimit": failure_limit,
-        "inconclusiveDeadline": "3m",
+        "inconclusiveDeadline": inconclusive_deadline,
         "checks": list(checks),
     }
 

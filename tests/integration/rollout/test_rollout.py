@@ -390,3 +390,50 @@ def test_shadow_of_a_model_that_predicts_differently_is_stopped_by_divergence(
     assert all(w.get("v2", 0) == 0 for _, w in seen)
     # The route no longer mirrors.
     assert status["mirrorPercent"] == 0
+
+
+# --- 7 ------------------------------------------------------------------------------------
+
+
+def test_too_little_traffic_holds_the_step_until_the_deadline_fails_it(
+    rollout: Rollout, operator: OperatorProcess, models: dict[str, Path]
+) -> None:
+    # Given v1 serving under traffic,
+    given_stable_v1_serving(rollout, models)
+    # When v2 (as good as v1) is rolled out at 10% with an error-rate tolerance of 0.1 pt:
+    # showing that with 95% confidence takes thousands of candidate requests, far more than
+    # 10% of 20 requests/s brings before the 40 s inconclusiveDeadline,
+    tight = {**ERROR_RATE, "tolerance": 0.001}
+    spec = canary("v2", [10], tight)
+    spec["analysis"] = analysis(tight, inconclusive_deadline="40s")
+    rollout.apply(
+        {
+            "versions": [version("v1", models["v1"]), version("v2", models["v2"])],
+            "stable": "v1",
+            "rollout": spec,
+        }
+    )
+    # Then the step is held, and its message says how much more evidence it needs,
+    held = rollout.wait(
+        "the step to wait for evidence",
+        lambda st: "waiting for evidence" in (st.get("message") or ""),
+    )
+    assert held["phase"] == "Progressing", rollout.explain(operator)
+    assert "more candidate requests needed at this rate" in held["message"]
+    assert held["passedIntervals"] == 0
+    # and `modelpilot status` shows the planned sample size of the step,
+    out = modelpilot("status", rollout.name, "-n", rollout.namespace)
+    assert out.returncode == 0, out.stderr
+    assert "PLANNED" in out.stdout
+    assert "more" in out.stdout
+    # until the deadline fails the rollout, saying why: not worse, but not shown good enough.
+    status = rollout.wait_phase("Promoted", "RolledBack", "Failed")
+    assert status["phase"] == "Failed", rollout.explain(operator)
+    assert "InconclusiveDeadline" in status["message"]
+    assert "waiting for evidence (error-rate)" in status["message"]
+    assert rollout.condition("RolledBack")["reason"] == "InconclusiveDeadline"
+    assert all(r["verdict"] == "inconclusive" for r in status["analysis"]), rollout.explain(
+        operator
+    )
+    final = rollout.wait("the route to read back v2 at 0", lambda st: not st["weights"].get("v2"))
+    assert final["weights"].get("v1") == 100

@@ -79,3 +79,35 @@ def test_status_table_shows_weights_step_and_verdicts() -> None:
     assert "v2          candidate      25%      25%" in text
     assert "error-rate=pass" in text
     assert "Promoted    False" in text
+
+
+def test_status_shows_the_planned_sample_size_per_step() -> None:
+    from modelpilot_operator.api.v1alpha1 import AnalysisRecord, CheckResult
+
+    def rec(step: int, have: int, needed: int) -> AnalysisRecord:
+        check = CheckResult(
+            name="error-rate",
+            verdict="pass" if needed == 0 else "inconclusive",
+            candidate_samples=have,
+            planned_samples=2400,
+            needed_samples=needed,
+        )
+        return AnalysisRecord(
+            at="2025-01-01T00:01:00Z", step=step, window="1m", verdict=check.verdict, checks=[check]
+        )
+
+    status = ModelDeploymentStatus(
+        phase="Progressing",
+        candidate="v2",
+        candidate_revision="abc",
+        step=1,
+        analysis=[rec(0, 600, 0), rec(1, 900, 1500)],
+    )
+    obj = {"metadata": {"name": "fraud", "namespace": "ml"}, "status": status.to_wire()}
+    text = format_status(obj)
+    assert "PLANNED" in text
+    lines = [line for line in text.splitlines() if "error-rate" in line and "2400" in line]
+    assert len(lines) == 2
+    assert lines[0].split()[:4] == ["1", "error-rate", "600", "2400"]
+    assert lines[0].endswith("enough")
+    assert lines[1].endswith("1500 more")

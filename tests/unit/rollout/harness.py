@@ -36,7 +36,13 @@ _ids = itertools.count(1)
 
 
 def make_spec(**rollout: Any) -> ModelDeploymentSpec:
-    """A two-version spec; ``rollout`` overrides fields of spec.rollout (None: no rollout)."""
+    """A two-version spec; ``rollout`` overrides fields of spec.rollout (None: no rollout).
+
+    The analysis warm-up is off unless ``analysis`` sets it, so the scenarios count intervals
+    from the step's start; ``test_warmup.py`` covers the warm-up.
+    """
+    if rollout.get("candidate", "") is not None:
+        rollout = {**rollout, "analysis": {"warmup": "0s", **rollout.get("analysis", {})}}
     obj: dict[str, Any] = {
         "apiVersion": "modelpilot.io/v1alpha1",
         "kind": "ModelDeployment",

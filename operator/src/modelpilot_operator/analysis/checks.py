@@ -12,15 +12,26 @@ Verdicts:
 - ``inconclusive``: fewer than ``minSamples`` requests for either version in the evidence,
   no candidate request in the interval, NaN or empty results, a query Prometheus rejects, or
   Prometheus unreachable. Never a pass and never a failure.
-- ``fail``: errorRate: the candidate's error rate is higher than stable's at the
-  ``significance`` level (one-sided Fisher exact test), or above ``max`` when set.
+- ``fail``: errorRate: the candidate's error rate is higher than stable's by the
+  group-sequential test (:mod:`.sequential`: the exact one-sided conditional p-value of the
+  cumulative counts below the nominal level of this look, from an alpha-spending design over
+  the rollout's planned looks, so a candidate as good as stable is rolled back with
+  probability at most ``significance`` over the whole rollout), or above ``max`` when set.
   latencyP50/P99: the candidate's quantile is more than ``maxRatio`` times stable's (1.1 when
-  unset) *and* a one-sided rank test on the histograms says the candidate is slower at the
-  ``significance`` level: a ratio from a few slow requests is not enough, nor is a
-  significant but harmless slow-down. predictionDivergence: Jensen-Shannon divergence of the
-  class distributions above ``max`` (0.02 bits when unset) *and* a G-test of homogeneity
-  significant at the ``significance`` level. Custom query: the value outside ``min``/``max``.
-- ``pass``: otherwise.
+  unset) *and* the candidate is significantly slower: a one-sided rank test on the
+  histograms, or the exact count test on the requests slower than either bucket bound
+  around stable's quantile (:func:`.stats.exceedance_p_values`), below the
+  group-sequential level of its share of the check's alpha. A ratio from a few slow
+  requests is not enough, nor is a significant but harmless slow-down.
+  predictionDivergence: Jensen-Shannon divergence of the class distributions above ``max``
+  (0.02 bits when unset) *and* a G-test of homogeneity below the group-sequential level of
+  the look. Custom query: the value outside ``min``/``max``.
+- ``pass``: otherwise; for an errorRate check with a ``tolerance``, only when the upper
+  ``confidence`` bound of the difference of the error rates (Newcombe's hybrid score) is
+  below the tolerance: the candidate is shown not worse by more than that. Until then the
+  check is ``inconclusive`` and says how many more candidate requests it needs at the
+  observed rates ("waiting for evidence"), so the step holds until the evidence suffices or
+  ``inconclusiveDeadline`` fails the rollout.
 
 The interval's verdict: ``fail`` if any check failed, else ``inconclusive`` if any check was,
 else ``pass``.
@@ -30,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..api.v1alpha1 import (
     AnalysisRecord,
@@ -42,8 +53,8 @@ from ..api.v1alpha1 import (
     render_query,
 )
 from ..api.v1alpha1.status import Verdict
-from ..rollout import AnalysisWindow, format_time
-from . import stats
+from ..rollout import AnalysisWindow, format_time, required_passes
+from . import sequential, stats
 from .prometheus import MetricSource, MetricsUnavailableError, QueryError, Target
 
 DEFAULT_MAX_RATIO = 1.1
@@ -77,21 +88,54 @@ class _Ctx:
         return max(1, round(self.window.cumulative_seconds / interval))
 
     @property
-    def alpha(self) -> float:
-        """The level of this look: ``significance / look``.
+    def level(self) -> float:
+        """The nominal level of this look for every statistical check.
 
-        The evidence accumulates, so the same test is repeated on growing data; without a
-        correction the chance of a false alarm somewhere in a rollout grows with every
-        interval. Spending ``significance / k`` on look k keeps the repeated tests from
-        firing on noise as the rollout goes on, while the early looks, where a bad candidate
-        is caught soonest, keep most of their power.
+        The evidence accumulates, so the same tests are repeated on growing data: the levels
+        come from the rollout's group-sequential design (:func:`error_rate_design`), which
+        keeps the chance of a false alarm over the whole rollout within ``significance``.
         """
-        return self.rollout.analysis.significance / self.look
+        return sequential.nominal_level(error_rate_design(self.rollout), self.look)
 
     def evidence(self) -> str:
         return (
             f"since the rollout started ({format_duration(round(self.window.cumulative_seconds))})"
         )
+
+
+def planned_information(rollout: Rollout) -> tuple[float, ...]:
+    """Information each planned look adds to a two-sample comparison of rates.
+
+    With a share ``w`` of the traffic on the candidate, an interval of N requests informs the
+    difference of the two rates as much as ``N * w * (1 - w)`` paired requests would; the
+    scale does not matter, only the proportions. Canary: one look per required passing
+    interval of each step, at the step's weight. abTest, shadow, blueGreen: ``iterations``
+    looks at a constant share.
+    """
+    if rollout.strategy != "canary":
+        return (1.0,) * rollout.iterations
+    looks: list[float] = []
+    for i, step in enumerate(rollout.steps):
+        w = min(max(step.weight / 100.0, 0.01), 0.99)
+        looks += [w * (1 - w)] * required_passes(rollout, i)
+    return tuple(looks)
+
+
+STATISTICAL_CHECKS = frozenset({"errorRate", "latencyP50", "latencyP99", "predictionDivergence"})
+
+
+def error_rate_design(rollout: Rollout) -> sequential.Design:
+    """The group-sequential design of a rollout's statistical checks.
+
+    ``significance`` is shared by the statistical built-ins (Bonferroni): with an error-rate
+    and a p99 check each gets half, so that a candidate as good as stable is rolled back by
+    either with probability at most ``significance`` over the rollout.
+    """
+    tests = sum(1 for c in rollout.analysis.checks if c.builtin in STATISTICAL_CHECKS)
+    return sequential.Design(
+        alpha=rollout.analysis.significance / max(1, tests),
+        increments=planned_information(rollout),
+    )
 
 
 def analyze(
@@ -175,7 +219,7 @@ def _error_rate(ctx: _Ctx, check: Check) -> CheckResult:
         "stable_value": _rate(se, st_),
         "candidate_samples": ct,
         "stable_samples": st_,
-        "threshold": ctx.alpha,
+        "threshold": ctx.level,
     }
     if any(math.isnan(x) for x in (c.total, c.errors, s.total, s.errors)):
         return _inconclusive(check, f"NaN in the request counts; {detail}", **values)
@@ -185,23 +229,69 @@ def _error_rate(ctx: _Ctx, check: Check) -> CheckResult:
         return _inconclusive(
             check, f"fewer than minSamples {ctx.min_samples} requests; {detail}", **values
         )
+    design = error_rate_design(ctx.rollout)
+    level = ctx.level
+    values["threshold"] = level
     test = stats.rate_increase_test(ce, ct, se, st_)
     rate = ce / ct
+    look = f"look {ctx.look} of {design.planned_looks} planned, nominal level {level:.3g}"
+    needed: int | None = None
+    planned: int | None = None
     if check.max is not None and rate > check.max:
         verdict: Verdict = "fail"
         why = f"candidate error rate {rate:.4f} above max {check.max}"
-    elif test.p_value < ctx.alpha:
+    elif level > 0 and test.p_value <= level:
         verdict, why = "fail", f"candidate error rate higher than stable (p={test.p_value:.3g})"
-    else:
+    elif check.tolerance is None:
         verdict, why = "pass", f"no evidence of a higher error rate (p={test.p_value:.3g})"
+    else:
+        verdict, why, needed, planned = _within_tolerance(ctx, check.tolerance, ce, ct, se, st_)
+        why = f"{why}; no evidence of a higher error rate (p={test.p_value:.3g})"
     return CheckResult(
         name=check.name,
         verdict=verdict,
         statistic=_finite(test.statistic),
         p_value=_finite(test.p_value),
-        message=f"{why}; one-sided Fisher exact test, z={test.statistic:.2f}; {detail}",
+        needed_samples=needed,
+        planned_samples=planned,
+        message=f"{why}; group-sequential exact conditional test, {look}, "
+        f"z={test.statistic:.2f}; {detail}",
         **_clean(values),
     )
+
+
+def _within_tolerance(
+    ctx: _Ctx, tolerance: float, ce: int, ct: int, se: int, st_: int
+) -> tuple[Verdict, str, int | None, int | None]:
+    """Non-inferiority: is the candidate shown not worse than stable by ``tolerance``?
+
+    Also returns how many more candidate requests the bound needs at the observed rates and
+    shares (0 when it passes, ``None`` when more requests at these rates will not do), and
+    the planned sample size: the candidate requests at which the bound falls below the
+    tolerance when both versions have the pooled error rate (a candidate as good as stable,
+    the median case).
+    """
+    confidence = ctx.rollout.analysis.confidence
+    upper = stats.difference_upper_bound(ce, ct, se, st_, confidence)
+    pooled = (ce + se) / (ct + st_)
+    planned_f = stats.samples_until_within(
+        pooled * ct, ct, pooled * st_, st_, tolerance, confidence
+    )
+    planned = math.ceil(planned_f) if math.isfinite(planned_f) else None
+    bound = f"upper {confidence:.0%} bound of the difference {upper:+.4f}, tolerance {tolerance}"
+    if upper < tolerance:
+        return "pass", f"within tolerance: {bound}", 0, planned
+    need = stats.samples_until_within(ce, ct, se, st_, tolerance, confidence)
+    if not math.isfinite(need):
+        diff = ce / ct - se / st_
+        why = (
+            f"waiting for evidence: at the observed difference {diff:+.4f} more requests at "
+            f"this rate will not show the candidate within the tolerance; {bound}"
+        )
+        return "inconclusive", why, None, planned
+    more = max(1, math.ceil(need) - ct)
+    why = f"waiting for evidence: {more} more candidate requests needed at this rate; {bound}"
+    return "inconclusive", why, more, planned
 
 
 def _latency(ctx: _Ctx, check: Check) -> CheckResult:
@@ -231,10 +321,25 @@ def _latency(ctx: _Ctx, check: Check) -> CheckResult:
         return _inconclusive(check, f"no usable histogram; {detail}", **values)
     ratio = cq / sq
     test = stats.rank_slower_test(cb, sb)
-    significant = not math.isnan(test.p_value) and test.p_value < ctx.alpha
-    if ratio > max_ratio and significant:
+    bounds = sorted({float(le) for le, _ in cb} | {float(le) for le, _ in sb})
+    tails = stats.exceedance_p_values(
+        stats.bucket_counts(cb, bounds), stats.bucket_counts(sb, bounds), q
+    )[0]
+    # The check's share of significance is split: half for the rank test (the whole
+    # distribution), a quarter for each bucket test (the tail around the quantile), each
+    # at the group-sequential level of its share, so the check's false alarms stay within
+    # its share over the rollout.
+    rank_level, tail_level = latency_levels(ctx.rollout, ctx.look)
+    slower = not math.isnan(test.p_value) and rank_level > 0 and test.p_value <= rank_level
+    heavier = tail_level > 0 and float(tails.min()) <= tail_level
+    tests = (
+        f"one-sided Mann-Whitney on the buckets p={test.p_value:.3g} (level {rank_level:.3g}), "
+        f"slow-request counts above the two bounds around stable's p{round(q * 100)} "
+        f"p={tails[0]:.3g}, {tails[1]:.3g} (level {tail_level:.3g} each), look {ctx.look}"
+    )
+    if ratio > max_ratio and (slower or heavier):
         verdict: Verdict = "fail"
-        why = f"ratio {ratio:.3f} above maxRatio {max_ratio} and slower (p={test.p_value:.3g})"
+        why = f"ratio {ratio:.3f} above maxRatio {max_ratio} and slower"
     elif ratio > max_ratio:
         verdict, why = "pass", f"ratio {ratio:.3f} above maxRatio but not significant"
     else:
@@ -243,10 +348,18 @@ def _latency(ctx: _Ctx, check: Check) -> CheckResult:
         name=check.name,
         verdict=verdict,
         statistic=_finite(test.statistic),
-        p_value=_finite(test.p_value),
-        message=f"{why}; one-sided Mann-Whitney on the histogram buckets; {detail}",
+        p_value=_finite(min(test.p_value, float(tails.min()))),
+        message=f"{why}; {tests}; {detail}",
         **_clean(values),
     )
+
+
+def latency_levels(rollout: Rollout, look: int) -> tuple[float, float]:
+    """Nominal levels at ``look`` of a latency check's rank test and of each bucket test."""
+    design = error_rate_design(rollout)
+    rank = sequential.nominal_level(replace(design, alpha=design.alpha / 2), look)
+    tail = sequential.nominal_level(replace(design, alpha=design.alpha / 4), look)
+    return rank, tail
 
 
 def _divergence(ctx: _Ctx, check: Check) -> CheckResult:
@@ -275,7 +388,7 @@ def _divergence(ctx: _Ctx, check: Check) -> CheckResult:
     if math.isnan(jsd):
         return _inconclusive(check, f"no class counts; {detail}", **values)
     test = stats.homogeneity_test(cc, sc)
-    significant = not math.isnan(test.p_value) and test.p_value < ctx.alpha
+    significant = not math.isnan(test.p_value) and ctx.level > 0 and test.p_value <= ctx.level
     if jsd > limit and significant:
         verdict: Verdict = "fail"
         why = f"divergence {jsd:.4f} above max {limit} (G-test p={test.p_value:.3g})"

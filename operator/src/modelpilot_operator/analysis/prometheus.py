@@ -40,8 +40,9 @@ class PrometheusSettings:
     headers: Mapping[str, str] = field(default_factory=dict)
     # Label Prometheus puts the pod's namespace in (Kubernetes service discovery); "" for none.
     namespace_label: str = "namespace"
-    # HTTP-equivalent status codes that count as errors (the runtime maps gRPC codes).
-    error_code_regex: str = "5.."
+    # HTTP-equivalent status codes that count as errors (the runtime maps gRPC codes). 429 and
+    # 503 are the runtime's rejections (queue full, overloaded): a failure of the candidate.
+    error_code_regex: str = "5..|429"
 
 
 @dataclass(frozen=True)

@@ -110,9 +110,33 @@ def format_status(obj: dict[str, Any]) -> str:
             )
             step = "-" if rec.step is None else str(rec.step + 1)
             lines.append(f"{rec.at:<22}{step:>5}  {rec.verdict:<13}{checks}")
+    lines += _evidence_lines(status)
     if status.conditions:
         lines += [""] + [f"{c.type:<12}{c.status:<8}{c.reason}" for c in status.conditions]
     return "\n".join(lines)
+
+
+def _evidence_lines(status: ModelDeploymentStatus) -> list[str]:
+    """Per step, the planned sample size of each tolerance check and how far it has come."""
+    last: dict[tuple[int | None, str], tuple[int | None, int | None, int | None]] = {}
+    for rec in status.analysis:
+        for c in rec.checks:
+            if c.planned_samples is not None or c.needed_samples:
+                last[(rec.step, c.name)] = (
+                    c.candidate_samples,
+                    c.planned_samples,
+                    c.needed_samples,
+                )
+    if not last:
+        return []
+    lines = ["", f"{'STEP':>4}  {'CHECK':<16}{'CANDIDATE REQS':>15}{'PLANNED':>10}  NEEDED"]
+    for (step, name), (have, planned, needed) in last.items():
+        lines.append(
+            f"{'-' if step is None else step + 1:>4}  {name:<16}"
+            f"{'-' if have is None else have:>15}{'-' if planned is None else planned:>10}  "
+            + ("enough" if needed == 0 else "-" if needed is None else f"{needed} more")
+        )
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,9 +23,14 @@ Phases
 ``Progressing``
     A candidate is being tried. Each step first waits until the candidate is ready and the
     weights read back from the route equal the step's weights (``status.stepStartedAt`` is
-    set only then), then analysis runs interval by interval. A step is done when it has been
-    held for its pause (one interval if unset) and has ``pause / interval`` passing intervals
-    (canary; at least one) or ``iterations`` passing intervals (abTest, shadow, blueGreen).
+    set only then), then analysis runs interval by interval (after the first step's
+    ``analysis.warmup``, which is never judged: the evidence starts at its end, and
+    ``status.rolloutStartedAt`` moves there). A check that lacks evidence for its tolerance
+    holds the step with "waiting for evidence: N more candidate requests needed at this
+    rate" in ``status.message``, until it passes or ``inconclusiveDeadline`` runs out. A
+    step is done when it has been held for its pause (one interval if unset) and has
+    ``pause / interval`` passing intervals (canary; at least one) or ``iterations`` passing
+    intervals (abTest, shadow, blueGreen).
 ``Paused``
     A person paused the rollout: weights stay, analysis stops. ``resume`` goes back to
     ``Progressing``; the next interval starts at the resume.

@@ -246,6 +246,8 @@ def analysis_due(
         or status.rollout_started_at is None
     ):
         return None
+    if _warming_up(ro, status):  # nothing is judged yet
+        return None
     start = parse_time(status.step_started_at)
     if status.last_analysis_at is not None:
         start = max(start, parse_time(status.last_analysis_at))
@@ -472,6 +474,8 @@ def _advance(tick: _Tick, ro: Rollout) -> None:
         tick.emit("Normal", "StepStarted", st.message)
         return
 
+    if _warming_up(ro, st) and not _warmed_up(tick, ro):
+        return
     _account(tick, ro)
     if st.phase != "Progressing" or st.step_started_at is None:
         return
@@ -505,6 +509,60 @@ def _advance(tick: _Tick, ro: Rollout) -> None:
             f"{st.passed_intervals}/{needed} passing intervals, "
             f"{st.failed_intervals}/{ro.analysis.failure_limit} failures tolerated"
         )
+        waiting = _waiting_for_evidence(st)
+        if waiting:
+            deadline = parse_duration(ro.analysis.inconclusive_deadline)
+            left = deadline - seconds_between(
+                st.inconclusive_since or format_time(tick.now), tick.now
+            )
+            st.message += f"; {waiting} (inconclusiveDeadline in {max(0.0, left):.0f}s)"
+
+
+def _warming_up(ro: Rollout, status: ModelDeploymentStatus) -> bool:
+    """Whether the first step is still in its warm-up (no interval analysed yet)."""
+    return not status.step and status.last_analysis_at is None and ro.analysis.warmup_seconds() > 0
+
+
+def _warmed_up(tick: _Tick, ro: Rollout) -> bool:
+    """Hold the first analysis until the candidate has served ``analysis.warmup``.
+
+    A cold process (caches, lazy initialisation, JIT) is slow at first; judging it then
+    fails a good candidate. The warm-up is not analysed and not part of the evidence: the
+    first interval and the evidence window (``status.rolloutStartedAt``, moved to the end of
+    the warm-up) start when it ends.
+    """
+    st = tick.st
+    assert st.step_started_at is not None
+    warmup = ro.analysis.warmup_seconds()
+    served = seconds_between(st.step_started_at, tick.now)
+    if served < warmup:
+        st.message = (
+            f"step {(st.step or 0) + 1}/{step_count(ro)}: warming up {st.candidate} "
+            f"({served:.0f}s of {warmup:.0f}s, not analysed)"
+        )
+        return False
+    st.rollout_started_at = format_time(tick.now)
+    st.last_analysis_at = st.rollout_started_at
+    tick.emit("Normal", "WarmedUp", f"warm-up of {warmup:.0f}s over: analysis starts")
+    return True
+
+
+def _waiting_for_evidence(st: ModelDeploymentStatus) -> str | None:
+    """The hold of a tolerance check whose last interval lacked the evidence, if any."""
+    if not st.analysis or st.analysis[-1].step != st.step:
+        return None
+    last = st.analysis[-1]
+    if last.verdict != "inconclusive":
+        return None
+    for c in last.checks:
+        if c.verdict == "inconclusive" and c.message.startswith("waiting for evidence"):
+            if c.needed_samples is not None:
+                return (
+                    f"waiting for evidence ({c.name}): {c.needed_samples} more candidate "
+                    f"requests needed at this rate"
+                )
+            return f"waiting for evidence ({c.name}): {c.message.split(';')[0]}"
+    return None
 
 
 def _account(tick: _Tick, ro: Rollout) -> None:
@@ -557,6 +615,9 @@ def _check_inconclusive_deadline(tick: _Tick, ro: Rollout) -> None:
     if waited < deadline:
         return
     last = _summarise(st.analysis[-1]) if st.analysis else "no analysis result"
+    waiting = _waiting_for_evidence(st)
+    if waiting:
+        last = f"{waiting}; {last}"
     _roll_back(
         tick,
         "Failed",

@@ -437,6 +437,10 @@ class Check(ApiModel):
                     f"!has(self.maxRatio) || (has(self.builtin) && self.builtin in {_LATENCY})",
                     "maxRatio applies only to the latency built-ins",
                 ),
+                cel(
+                    "!has(self.tolerance) || (has(self.builtin) && self.builtin == 'errorRate')",
+                    "tolerance applies only to the errorRate built-in",
+                ),
             ]
         }
     )
@@ -453,6 +457,14 @@ class Check(ApiModel):
     max_ratio: float | None = Field(
         default=None, ge=1.0, le=100.0, description="Candidate/stable ratio allowed (latency)."
     )
+    tolerance: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="errorRate: how much higher (absolute, 0.005 = half a point) the "
+        "candidate's error rate may be. Set, an interval passes only when the upper confidence "
+        "bound of the difference is below it; until then the step waits for evidence.",
+    )
 
     @model_validator(mode="after")
     def _shape(self) -> Check:
@@ -464,6 +476,8 @@ class Check(ApiModel):
             validate_query_template(self.query)
         if self.max_ratio is not None and self.builtin not in ("latencyP50", "latencyP99"):
             raise ValueError("maxRatio applies only to the latency built-ins")
+        if self.tolerance is not None and self.builtin != "errorRate":
+            raise ValueError("tolerance applies only to the errorRate built-in")
         return self
 
 
@@ -491,7 +505,23 @@ class Analysis(ApiModel):
         default="10m", description="Inconclusive this long in a row fails the rollout."
     )
     significance: float = Field(
-        default=0.01, ge=0.0001, le=0.5, description="Type I error of the statistical tests."
+        default=0.01,
+        ge=0.0001,
+        le=0.5,
+        description="Chance of rolling back a candidate as good as stable, over the whole "
+        "rollout (group-sequential error-rate and latency tests).",
+    )
+    confidence: float = Field(
+        default=0.95,
+        ge=0.5,
+        le=0.9999,
+        description="Level of the upper confidence bound that shows a candidate within a "
+        "check's tolerance.",
+    )
+    warmup: Duration | None = Field(
+        default=None,
+        description="Time after the candidate first gets traffic that no check judges (a cold "
+        "process). Unset: one interval; 0s: none.",
     )
     checks: list[Check] = Field(
         default_factory=_default_checks, max_length=16, json_schema_extra=_list_map("name")
@@ -511,6 +541,10 @@ class Analysis(ApiModel):
         if parse_duration(value) <= 0:
             raise ValueError("must be longer than 0")
         return value
+
+    def warmup_seconds(self) -> float:
+        """The warm-up in seconds (one interval when unset)."""
+        return parse_duration(self.warmup if self.warmup is not None else self.interval)
 
 
 def _default_steps() -> list[Step]:

@@ -53,6 +53,16 @@ class CheckResult(ApiModel):
     statistic: float | None = None
     p_value: float | None = None
     threshold: float | None = None
+    planned_samples: int | None = Field(
+        default=None,
+        description="Candidate requests a tolerance check plans to need to show a candidate "
+        "as good as stable within its tolerance (pooled error rate, observed traffic shares).",
+    )
+    needed_samples: int | None = Field(
+        default=None,
+        description="More candidate requests needed, at the observed rates, before the check "
+        "can pass (waiting for evidence).",
+    )
     message: Message = ""
 
 
@@ -109,7 +119,11 @@ class ModelDeploymentStatus(ApiModel):
     mirror_percent: int = Field(default=0, ge=0, le=100)
     step: int | None = None
     step_started_at: Timestamp | None = None
-    rollout_started_at: Timestamp | None = None
+    rollout_started_at: Timestamp | None = Field(
+        default=None,
+        description="Start of the evidence the checks judge: when the rollout started, moved "
+        "to the end of the warm-up (analysis.warmup) once that is over.",
+    )
     last_analysis_at: Timestamp | None = None
     passed_intervals: int = 0
     failed_intervals: int = 0
