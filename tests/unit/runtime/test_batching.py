@@ -291,3 +291,76 @@ def test_overload_through_the_server_answers_429_not_5xx(sample_repo: Path) -> N
         if x.startswith("modelpilot_inference_rejected_total") and "queue_full" in x
     )
     assert float(line.split()[-1]) == len(rejected)
+
+
+class PoisonBackend(DoublingBackend):
+    """Fails any run whose batch holds a negative value, as a model fails on an input out of
+    its domain: a batch with one such row fails as a whole."""
+
+    def predict(self, inputs: dict[str, Array], outputs: list[str] | None) -> dict[str, Array]:
+        if (inputs["x"] < 0).any():
+            raise RuntimeError("negative input")
+        return super().predict(inputs, outputs)
+
+
+def test_a_failing_request_fails_alone_and_its_batch_mates_are_answered() -> None:
+    backend = PoisonBackend()
+    runner, _ = make_runner(backend)
+
+    async def scenario() -> list[Any]:
+        # The batch is full at 8 requests and runs at once: all 8 share it.
+        batcher = DynamicBatcher(runner, BatchingSettings(max_batch_size=8, max_delay_ms=10_000))
+        batcher.start()
+        inputs = [rows(10 * i) for i in range(8)]
+        inputs[5] = {"x": np.array([[1.0, -1.0]], dtype=np.float32)}
+        results = await asyncio.gather(
+            *(batcher.submit(x, None, 1) for x in inputs), return_exceptions=True
+        )
+        await batcher.close()
+        return list(results)
+
+    results = run(scenario())
+    for i, result in enumerate(results):
+        if i == 5:
+            assert isinstance(result, BackendError)
+            assert "negative input" in result.message
+        else:
+            assert isinstance(result, dict)
+            np.testing.assert_array_equal(result["y"], rows(10 * i)["x"] * 2)
+
+
+def test_a_request_out_of_the_models_domain_gets_400_and_its_batch_mates_200(
+    tmp_path: Path,
+) -> None:
+    from modelpilot_runtime.samples import write_repository
+
+    repo = write_repository(tmp_path, ["lookup"])
+    defaults = {"batching": {"max_batch_size": 8, "max_delay_ms": 10_000}}
+    with run_server(models={"lookup": repo / "lookup"}, model_defaults=defaults) as srv:
+
+        def body(ids: list[int]) -> dict[str, Any]:
+            return {"inputs": [{"name": "ids", "shape": [1, 2], "datatype": "INT64", "data": ids}]}
+
+        async def burst() -> list[httpx.Response]:
+            # A full batch of 8 runs at once: the bad request shares it with 7 good ones.
+            async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+                ids = [[i % 4, (i + 1) % 4] for i in range(8)]
+                ids[3] = [0, 9]  # 9 is outside the 4-row table
+                return list(
+                    await asyncio.gather(
+                        *(client.post("/v2/models/lookup/infer", json=body(x)) for x in ids)
+                    )
+                )
+
+        responses = asyncio.run(burst())
+        metrics = httpx.get(srv.url + "/metrics").text
+    for i, response in enumerate(responses):
+        if i == 3:
+            assert response.status_code == 400, response.text
+            assert "refused the input" in response.json()["error"]
+        else:
+            assert response.status_code == 200, response.text
+            a, b = i % 4, (i + 1) % 4
+            expected = [3.0 * a, 3.0 * a + 1, 3.0 * a + 2, 3.0 * b, 3.0 * b + 1, 3.0 * b + 2]
+            assert response.json()["outputs"][0]["data"] == expected
+    assert 'code="500"' not in metrics

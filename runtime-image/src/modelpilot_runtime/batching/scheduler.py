@@ -9,8 +9,10 @@ loop keeps reading requests meanwhile.
 `DirectScheduler` runs every request on its own. `DynamicBatcher` queues requests and runs up
 to `max_batch_size` of them together once the batch is full or the oldest request has waited
 `max_delay`; requests that cannot share a batch (different inner shapes) wait for the next
-one. Both keep at most `max_queue` requests waiting and reject the rest at once (429); a
-request that waited past its timeout is rejected (503) instead of run.
+one. When a batch fails, its halves are run again (recursively), so a request the model
+cannot take gets its error alone and the others of its batch are answered. Both keep at
+most `max_queue` requests waiting and reject the rest at once (429); a request that waited
+past its timeout is rejected (503) instead of run.
 """
 
 from __future__ import annotations
@@ -146,6 +148,10 @@ class DirectScheduler:
 
     async def close(self) -> None:
         return None
+
+
+class _NotBatchableError(BackendError):
+    """The model's outputs do not follow the batch: no subset of the batch would do better."""
 
 
 @dataclass(slots=True, eq=False)
@@ -298,28 +304,23 @@ class DynamicBatcher:
         m = self.runner.metrics
         for item in batch:
             m.queue_duration.observe(started - item.enqueued)
-        first = batch[0]
-        if len(batch) == 1:
-            feeds = first.inputs
-            outputs = first.outputs
-        else:
-            feeds = {name: np.concatenate([w.inputs[name] for w in batch]) for name in first.inputs}
-            outputs = _union_outputs(batch)
-        total = sum(w.rows for w in batch)
+        await self._run_isolated(batch)
+
+    async def _run_isolated(self, batch: list[_Waiting]) -> None:
+        """Run a batch; when it fails, run each half again (recursively), so that a request
+        the model cannot take fails alone and every other one of its batch is answered."""
         try:
-            results = await self.runner.run(feeds, outputs, len(batch))
-            if len(batch) > 1:
-                for name, arr in results.items():
-                    if arr.ndim == 0 or arr.shape[0] != total:
-                        raise BackendError(
-                            f"output {name!r} has shape {list(arr.shape)} for a batch of {total} "
-                            "rows: this model cannot be batched; set max_batch_size to 1"
-                        )
+            results = await self._execute(batch)
+        except _NotBatchableError as exc:
+            self._fail(batch, exc)
+            return
         except Exception as exc:
-            error = exc if isinstance(exc, InferenceError) else BackendError(str(exc))
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
+            if len(batch) == 1:
+                self._fail(batch, exc)
+                return
+            mid = len(batch) // 2
+            await self._run_isolated(batch[:mid])
+            await self._run_isolated(batch[mid:])
             return
         offset = 0
         for item in batch:
@@ -331,6 +332,28 @@ class DynamicBatcher:
                     end = offset + item.rows
                     item.future.set_result({n: results[n][offset:end] for n in names})
             offset += item.rows
+
+    async def _execute(self, batch: list[_Waiting]) -> Outputs:
+        first = batch[0]
+        if len(batch) == 1:
+            return await self.runner.run(first.inputs, first.outputs, 1)
+        feeds = {name: np.concatenate([w.inputs[name] for w in batch]) for name in first.inputs}
+        results = await self.runner.run(feeds, _union_outputs(batch), len(batch))
+        total = sum(w.rows for w in batch)
+        for name, arr in results.items():
+            if arr.ndim == 0 or arr.shape[0] != total:
+                raise _NotBatchableError(
+                    f"output {name!r} has shape {list(arr.shape)} for a batch of {total} "
+                    "rows: this model cannot be batched; set max_batch_size to 1"
+                )
+        return results
+
+    @staticmethod
+    def _fail(batch: list[_Waiting], exc: Exception) -> None:
+        error = exc if isinstance(exc, InferenceError) else BackendError(str(exc))
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(error)
 
     async def close(self) -> None:
         """Finish everything queued, then stop the worker."""
