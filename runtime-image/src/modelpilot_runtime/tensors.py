@@ -85,10 +85,19 @@ def v2_dtype(datatype: object, where: str) -> np.dtype[Any]:
         ) from None
 
 
+# numpy 1.x arrays have at most 32 dimensions (numpy 2: 64); more is a client mistake, a 400,
+# not an error from numpy's reshape.
+MAX_DIMS = 32
+
+
 def check_shape(shape: object, where: str) -> tuple[int, ...]:
     """A validated shape tuple: a list of non-negative integers."""
     if not isinstance(shape, (list, tuple)):
         raise BadRequestError(f"{where}: 'shape' must be a list of integers")
+    if len(shape) > MAX_DIMS:
+        raise BadRequestError(
+            f"{where}: 'shape' has {len(shape)} dimensions, at most {MAX_DIMS} are supported"
+        )
     for dim in shape:
         if type(dim) is not int or dim < 0:
             raise BadRequestError(

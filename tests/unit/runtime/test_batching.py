@@ -364,3 +364,68 @@ def test_a_request_out_of_the_models_domain_gets_400_and_its_batch_mates_200(
             expected = [3.0 * a, 3.0 * a + 1, 3.0 * a + 2, 3.0 * b, 3.0 * b + 1, 3.0 * b + 2]
             assert response.json()["outputs"][0]["data"] == expected
     assert 'code="500"' not in metrics
+
+
+def test_requests_that_timed_out_do_not_count_against_max_queue() -> None:
+    backend = DoublingBackend()
+    backend.gate.clear()
+    runner, _ = make_runner(backend, inline=False)
+
+    async def scenario() -> list[Any]:
+        settings = BatchingSettings(max_batch_size=1, max_queue=2, timeout_ms=20)
+        batcher = DynamicBatcher(runner, settings)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(rows(0), None, 1))
+        while not batcher._running:  # until the first request is taken and held at the gate
+            await asyncio.sleep(0.001)
+        expired = await asyncio.gather(
+            *(batcher.submit(rows(i), None, 1) for i in (1, 2)), return_exceptions=True
+        )
+        assert all(isinstance(e, RejectedError) and e.reason == "timeout" for e in expired)
+        assert batcher.pending == 0
+        # The two expired requests still sit in the deque (the worker is busy): they must
+        # not fill the queue for the next ones.
+        later = [asyncio.ensure_future(batcher.submit(rows(i), None, 1)) for i in (3, 4)]
+        await asyncio.sleep(0)
+        backend.gate.set()
+        results = await asyncio.gather(first, *later, return_exceptions=True)
+        await batcher.close()
+        return list(results)
+
+    results = run(scenario())
+    assert not any(isinstance(r, RejectedError) and r.reason == "queue_full" for r in results)
+
+
+def test_a_failed_batch_worker_answers_503_and_is_restarted() -> None:
+    backend = DoublingBackend()
+    runner, _ = make_runner(backend)
+
+    async def scenario() -> tuple[BaseException | None, dict[str, Array], int]:
+        batcher = DynamicBatcher(runner, BatchingSettings(max_batch_size=4))
+        original = batcher._take
+        calls = 0
+
+        def take_once_broken() -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("worker bug")
+            return original()
+
+        batcher._take = take_once_broken  # type: ignore[method-assign]
+        batcher.start()
+        failed: BaseException | None = None
+        try:
+            await batcher.submit(rows(0), None, 1)
+        except RejectedError as exc:
+            failed = exc
+        result = await batcher.submit(rows(1), None, 1)
+        await batcher.close()
+        return failed, result, batcher.restarts
+
+    failed, result, restarts = run(scenario())
+    assert isinstance(failed, RejectedError)
+    assert failed.status == 503
+    assert failed.reason == "worker_failed"
+    np.testing.assert_array_equal(result["y"], rows(1)["x"] * 2)
+    assert restarts == 1

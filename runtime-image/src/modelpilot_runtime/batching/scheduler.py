@@ -18,6 +18,7 @@ past its timeout is rejected (503) instead of run.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,8 @@ from modelpilot_runtime.config import BatchingSettings
 from modelpilot_runtime.errors import BackendError, InferenceError, RejectedError
 from modelpilot_runtime.metrics import VersionMetrics
 from modelpilot_runtime.tensors import Array
+
+log = logging.getLogger(__name__)
 
 Outputs = dict[str, Array]
 
@@ -163,6 +166,7 @@ class _Waiting:
     enqueued: float
     future: asyncio.Future[Outputs]
     timer: asyncio.TimerHandle | None = None
+    queued: bool = True  # counted in the batcher's `_queued` and `_rows`
 
 
 def _batch_key(inputs: dict[str, Array]) -> tuple[Any, ...]:
@@ -179,17 +183,52 @@ class DynamicBatcher:
         self.max_queue = settings.max_queue
         self.timeout = settings.timeout_ms / 1000.0
         self._queue: deque[_Waiting] = deque()
+        # Requests still waiting (not timed out, not gone, not running) and their rows: what
+        # `max_queue` and a full batch count. The deque may still hold timed-out entries
+        # until the worker next looks at them.
+        self._queued = 0
         self._rows = 0
+        self._running: list[_Waiting] = []
+        self.restarts = 0
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._task: asyncio.Task[None] | None = None
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        return self._queued
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._work())
+        self._task = asyncio.get_running_loop().create_task(self._supervise())
+
+    async def _supervise(self) -> None:
+        """Run the worker; should it fail, answer what it held with 503 and start it again,
+        so one fault does not leave every later request waiting for its timeout."""
+        while True:
+            try:
+                await self._work()
+                return
+            except Exception:
+                self.restarts += 1
+                log.exception(
+                    "batch worker failed (restart %d); failing its requests", self.restarts
+                )
+                error = RejectedError(
+                    "the batch worker failed while this request waited; retry", "worker_failed"
+                )
+                for item in [*self._running, *self._queue]:
+                    self._unqueue(item)
+                    if not item.future.done():
+                        item.future.set_exception(error)
+                self._running = []
+                self._queue.clear()
+                self._waiter = None
+
+    def _unqueue(self, item: _Waiting) -> None:
+        if item.queued:
+            item.queued = False
+            self._queued -= 1
+            self._rows -= item.rows
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -201,7 +240,7 @@ class DynamicBatcher:
     ) -> Outputs:
         if self._closed:
             raise RejectedError("the model version is shutting down", "shutdown")
-        if len(self._queue) >= self.max_queue:
+        if self._queued >= self.max_queue:
             raise RejectedError(
                 f"queue full ({self.max_queue} requests waiting for this model); retry later",
                 "queue_full",
@@ -214,18 +253,21 @@ class DynamicBatcher:
         # long batch; the queue entry itself is dropped when the worker next looks at it.
         item.timer = loop.call_later(self.timeout, self._expire, item)
         self._queue.append(item)
+        self._queued += 1
         self._rows += rows
         m = self.runner.metrics
         m.pending.inc()
         # Wake the worker when it waits for a first request, or for a batch that is now full.
-        if len(self._queue) == 1 or self._rows >= self.max_batch:
+        if self._queued == 1 or self._rows >= self.max_batch:
             self._wake()
         try:
             return await future
         finally:
+            self._unqueue(item)  # the client went away (cancelled) before it ran
             m.pending.dec()
 
     def _expire(self, item: _Waiting) -> None:
+        self._unqueue(item)
         if not item.future.done():
             item.future.set_exception(self._timeout_error(time.monotonic() - item.enqueued))
 
@@ -269,7 +311,9 @@ class DynamicBatcher:
                 await asyncio.sleep(0)
             batch = self._take()
             if batch:
+                self._running = batch
                 await self._run(batch)
+                self._running = []
 
     def _take(self) -> list[_Waiting]:
         now = time.monotonic()
@@ -280,10 +324,10 @@ class DynamicBatcher:
         while self._queue:
             item = self._queue.popleft()
             if item.future.done():  # timed out, or the client went away
-                self._rows -= item.rows
+                self._unqueue(item)
                 continue
             if now - item.enqueued > self.timeout:
-                self._rows -= item.rows
+                self._unqueue(item)
                 item.future.set_exception(self._timeout_error(now - item.enqueued))
                 continue
             if key is None:
@@ -291,9 +335,9 @@ class DynamicBatcher:
             if item.key == key and (not batch or rows + item.rows <= self.max_batch):
                 if item.timer is not None:
                     item.timer.cancel()  # running now: it no longer waits
+                self._unqueue(item)
                 batch.append(item)
                 rows += item.rows
-                self._rows -= item.rows
             else:
                 rest.append(item)
         self._queue = rest

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # Below this batch-1 run time, handing the run to a thread costs more than it frees the loop.
 INLINE_BELOW_SECONDS = 0.0005
 
-REJECT_REASONS = ("queue_full", "timeout", "not_ready", "shutdown")
+REJECT_REASONS = ("queue_full", "timeout", "not_ready", "shutdown", "worker_failed")
 
 LOADING, READY, UNLOADING, UNLOADED, FAILED = "LOADING", "READY", "UNLOADING", "UNLOADED", "FAILED"
 # A loaded version whose backend lost its model server (a TorchServe being restarted).

@@ -8,6 +8,7 @@ Messages over the size limit are refused by gRPC itself before they are read who
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
@@ -163,8 +164,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(  # noqa: N802
         self, request: pb.ModelInferRequest, context: Any
     ) -> pb.ModelInferResponse:
-        import time
-
         started = time.perf_counter()
         served: ServedVersion | None = None
         try:
@@ -175,21 +174,24 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 results = served.infer_now(inputs, outputs)
             else:
                 results = await served.infer(inputs, outputs)
-        except InferenceError as exc:
-            self.outcomes.failed(exc, served, request.model_name, GRPC_V2, started)
-            await context.abort(CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+            response = _response(served, request.id, results)
+        except Exception as exc:
+            error = self.outcomes.failed(exc, served, request.model_name, GRPC_V2, started)
+            await context.abort(CODES.get(error.status, grpc.StatusCode.INTERNAL), error.message)
             raise  # unreachable: abort raises
-        response = pb.ModelInferResponse(
-            model_name=served.model, model_version=served.version, id=request.id
-        )
-        out_tensor = pb.ModelInferResponse.InferOutputTensor
-        for name, arr in results.items():
-            response.outputs.append(
-                out_tensor(name=name, datatype=v2_datatype_of(arr), shape=list(arr.shape))
-            )
-            response.raw_output_contents.append(array_to_raw(arr))
         self.outcomes.done(served, served.model, GRPC_V2, 200, started)
         return response
+
+
+def _response(served: ServedVersion, rid: str, results: dict[str, Array]) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(model_name=served.model, model_version=served.version, id=rid)
+    out_tensor = pb.ModelInferResponse.InferOutputTensor
+    for name, arr in results.items():
+        response.outputs.append(
+            out_tensor(name=name, datatype=v2_datatype_of(arr), shape=list(arr.shape))
+        )
+        response.raw_output_contents.append(array_to_raw(arr))
+    return response
 
 
 async def start_grpc(
