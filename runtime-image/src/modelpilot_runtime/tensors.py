@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from modelpilot_runtime.errors import BadRequestError
 
@@ -184,3 +185,118 @@ def json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+# -- strict JSON decoding -------------------------------------------------------------------
+
+
+def _flat_items(data: Any) -> Any:
+    """The leaves of nested lists, in row-major order (the slow path: error messages only)."""
+    stack = [iter([data])]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            yield item
+        else:
+            stack.pop()
+
+
+def _allowed(item: Any, kind: str, dtype: np.dtype[Any]) -> str | None:
+    """Why one JSON value does not fit a numeric or BOOL datatype exactly, or None."""
+    if kind == "b":
+        return None if type(item) is bool else "is not true or false"
+    if type(item) is bool or not isinstance(item, (int, float)):
+        return "is not a number"
+    if kind in "iu":
+        if type(item) is not int:
+            return "is not an integer"
+        info = np.iinfo(dtype)
+        if not info.min <= item <= info.max:
+            return f"is outside the range {info.min}..{info.max}"
+        return None
+    finfo = np.finfo(dtype)
+    if not abs(item) <= float(finfo.max):
+        return f"is outside the range of {dtype.name} (±{float(finfo.max):.6g})"
+    return None
+
+
+def _checked_slowly(data: Any, dtype: np.dtype[Any], datatype: str, where: str) -> Array:
+    """Every element checked in Python: the first misfit is a 400 naming it; when all fit
+    (e.g. UINT64 values that numpy's own inference turned into float64), the exact array."""
+    items = list(_flat_items(data))
+    for i, item in enumerate(items):
+        why = _allowed(item, dtype.kind, dtype)
+        if why is not None:
+            shown = orjson.dumps(item).decode()[:40] if _jsonable(item) else repr(item)[:40]
+            raise BadRequestError(
+                f"{where}: element {i} ({shown}) {why}; {datatype} takes exact values only"
+            )
+    return np.array(items, dtype=dtype)
+
+
+def _jsonable(item: Any) -> bool:
+    try:
+        orjson.dumps(item)
+    except TypeError:
+        return False
+    return True
+
+
+def json_to_array(data: Any, datatype: str, where: str, maybe_bools: bool = True) -> Array:
+    """A flat-or-nested JSON list as an array of `datatype`, strictly: every value must fit
+    exactly (no truncation of 1.9 to 1, no numeric strings, no true/null as numbers, no
+    overflow to inf or wrap-around); a 400 names the input and the element otherwise.
+
+    `maybe_bools` False promises that the document holds no JSON true/false at all (the
+    caller looked at the bytes): numpy folds True into number arrays silently, and finding
+    one otherwise takes a pass in Python.
+    """
+    dtype = V2_TO_NUMPY[datatype]
+    if not isinstance(data, list):
+        raise BadRequestError(f"{where}: 'data' must be a list")
+    if dtype.kind == "O":
+        try:
+            arr = np.array(data, dtype=object)
+        except ValueError as exc:
+            raise BadRequestError(f"{where}: 'data' is not a regular nested list: {exc}") from None
+        flat = arr.reshape(-1)
+        for i, item in enumerate(flat):
+            if isinstance(item, str):
+                flat[i] = item.encode()
+            else:
+                raise BadRequestError(
+                    f"{where}: element {i} is not a string; BYTES data must be strings"
+                )
+        return flat
+    try:
+        arr = np.array(data)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadRequestError(f"{where}: 'data' is not a regular nested list: {exc}") from None
+    if arr.size == 0:
+        return np.empty(0, dtype=dtype)
+    kind = dtype.kind
+    got = arr.dtype.kind
+    if kind == "b":
+        return arr.reshape(-1) if got == "b" else _checked_slowly(data, dtype, datatype, where)
+    if got not in ("iu" if kind in "iu" else "iuf"):
+        return _checked_slowly(data, dtype, datatype, where)
+    if maybe_bools and any(type(x) is bool for x in _flat_items(data)):
+        return _checked_slowly(data, dtype, datatype, where)
+    if kind in "iu":
+        info = np.iinfo(dtype)
+        if arr.min() < info.min or arr.max() > info.max:
+            return _checked_slowly(data, dtype, datatype, where)
+        return arr.reshape(-1).astype(dtype)
+    with np.errstate(over="ignore"):
+        out = arr.reshape(-1).astype(dtype)
+    if not np.isfinite(out).all():
+        return _checked_slowly(data, dtype, datatype, where)
+    return out
+
+
+def may_hold_bools(text: bytes | memoryview) -> bool:
+    """Whether a JSON text may hold true/false tokens (False: it certainly holds none)."""
+    raw = bytes(text) if isinstance(text, memoryview) else text
+    return b"true" in raw or b"false" in raw

@@ -55,6 +55,12 @@ CONTENTS_FIELD = {
 }
 
 
+def _has_contents(tensor: Any) -> bool:
+    return bool(tensor.HasField("contents")) and any(
+        len(getattr(tensor.contents, f)) for f in set(CONTENTS_FIELD.values())
+    )
+
+
 def decode_inputs(request: Any) -> dict[str, Array]:
     inputs: dict[str, Array] = {}
     raw = request.raw_input_contents
@@ -69,6 +75,11 @@ def decode_inputs(request: Any) -> dict[str, Array]:
         dtype = v2_dtype(tensor.datatype, where)
         shape = check_shape(list(tensor.shape), where)
         if raw:
+            if _has_contents(tensor):
+                raise BadRequestError(
+                    f"{where}: has typed contents and the request has raw_input_contents; "
+                    "give one or the other"
+                )
             inputs[tensor.name] = raw_to_array(raw[i], dtype, shape, where)
             continue
         field = CONTENTS_FIELD.get(tensor.datatype)
@@ -76,23 +87,39 @@ def decode_inputs(request: Any) -> dict[str, Array]:
             raise BadRequestError(
                 f"{where}: {tensor.datatype} data must come in raw_input_contents"
             )
-        values = list(getattr(tensor.contents, field))
+        others = [
+            f
+            for f in set(CONTENTS_FIELD.values())
+            if f != field and len(getattr(tensor.contents, f))
+        ]
+        if others:
+            raise BadRequestError(
+                f"{where}: {tensor.datatype} data goes in contents.{field}, not "
+                f"{', '.join(sorted(others))}"
+            )
+        values = getattr(tensor.contents, field)
         count = element_count(shape)
         if len(values) != count:
             raise BadRequestError(
                 f"{where}: contents.{field} has {len(values)} elements, "
                 f"shape {list(shape)} needs {count}"
             )
-        try:
-            arr = (
-                np.array(values, dtype=dtype)
-                if dtype.kind != "O"
-                else np.array([*values, None], dtype=object)[:-1]
-            )
-        except (ValueError, OverflowError) as exc:
-            raise BadRequestError(
-                f"{where}: contents do not fit {tensor.datatype}: {exc}"
-            ) from None
+        if dtype.kind == "O":
+            arr = np.empty(count, dtype=object)
+            arr[:] = list(values)
+        elif dtype.kind in "iu" and dtype.itemsize < 4:
+            # int_contents/uint_contents carry 32 bits: narrower types must be range-checked.
+            wide = np.array(values, dtype=np.int64)
+            info = np.iinfo(dtype)
+            bad = np.flatnonzero((wide < info.min) | (wide > info.max))
+            if bad.size:
+                raise BadRequestError(
+                    f"{where}: element {int(bad[0])} ({int(wide[bad[0]])}) is outside the "
+                    f"range {info.min}..{info.max} of {tensor.datatype}"
+                )
+            arr = wide.astype(dtype)
+        else:
+            arr = np.array(values, dtype=dtype)
         inputs[tensor.name] = arr.reshape(shape)
     if not inputs:
         raise BadRequestError("the request has no inputs")
