@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, keep serving (not ready) this long",
     )
     _add(serve, "shutdown-timeout", 30.0, type=float)
+    _add(serve, "header-timeout", 10.0, type=float, help="seconds for a request head to arrive")
+    _add(serve, "body-timeout", 30.0, type=float, help="seconds a request body may stall")
     _add(
         serve,
         "cache-dir",
@@ -180,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         max_body_bytes=args.max_body_bytes,
         drain_seconds=args.drain_seconds,
         shutdown_timeout=args.shutdown_timeout,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
         model_defaults=model_defaults(args),
     )
     if args.cache_dir is not None:

@@ -43,6 +43,8 @@ class ServerSettings:
     drain_seconds: float = 0.0
     shutdown_timeout: float = 30.0
     keepalive_timeout: float = 75.0
+    header_timeout: float = 10.0  # seconds for a request line and headers to arrive
+    body_timeout: float = 30.0  # seconds a request body may stall
     cache_dir: Path = field(
         default_factory=lambda: Path(tempfile.gettempdir()) / "modelpilot-runtime"
     )
@@ -66,6 +68,8 @@ class Runtime:
             HttpApi(self.state),
             max_body=settings.max_body_bytes,
             keepalive_timeout=settings.keepalive_timeout,
+            header_timeout=settings.header_timeout,
+            body_timeout=settings.body_timeout,
         )
         self.grpc: Any = None
         self.http_port = 0
