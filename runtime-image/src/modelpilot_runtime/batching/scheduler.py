@@ -293,12 +293,13 @@ class DynamicBatcher:
 
     async def _work(self) -> None:
         while True:
-            if not self._queue:
+            if not self._queued:
+                self._queue.clear()  # only entries that timed out or whose client went away
                 if self._closed:
                     return
                 await self._wait(None)
                 continue
-            if self.max_delay > 0 and self._rows < self.max_batch:
+            if self.max_delay > 0 and self._rows < self.max_batch and not self._closed:
                 deadline = self._queue[0].enqueued + self.max_delay
                 if deadline > time.monotonic():
                     await self._wait(deadline)

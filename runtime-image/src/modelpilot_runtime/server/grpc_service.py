@@ -2,12 +2,16 @@
 sharing the event loop, repository and schedulers with the HTTP server.
 
 Errors map to gRPC codes (400 INVALID_ARGUMENT, 404 NOT_FOUND, 429 RESOURCE_EXHAUSTED,
-503 UNAVAILABLE, 500 INTERNAL); the request metrics record the HTTP-equivalent code.
-Messages over the size limit are refused by gRPC itself before they are read whole.
+503 UNAVAILABLE, 504 DEADLINE_EXCEEDED, 500 INTERNAL); the request metrics record the
+HTTP-equivalent code. A client's deadline is honoured: a request still queued or running
+when it passes is dropped (a queued one never runs) and counted as 504. Messages over the
+size limit are refused by gRPC itself before they are read whole. The standard health
+service (`grpc.health.v1.Health`, see grpc_health) is served beside the inference service.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -18,6 +22,7 @@ from modelpilot_runtime import __version__
 from modelpilot_runtime.errors import BadRequestError, InferenceError
 from modelpilot_runtime.metrics import GRPC_V2
 from modelpilot_runtime.repository.model import ServedVersion
+from modelpilot_runtime.server.grpc_health import HealthService
 from modelpilot_runtime.server.proto import inference_pb2 as pb
 from modelpilot_runtime.server.proto import inference_pb2_grpc as pb_grpc
 from modelpilot_runtime.server.routes import EXTENSIONS, SERVER_NAME, RuntimeState
@@ -37,6 +42,7 @@ CODES = {
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 CONTENTS_FIELD = {
@@ -197,10 +203,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             served = self.repo.get(request.model_name, request.model_version or None)
             inputs = decode_inputs(request)
             outputs = [o.name for o in request.outputs] or None
+            remaining = context.time_remaining()
             if served.fast:
                 results = served.infer_now(inputs, outputs)
-            else:
+            elif remaining is None:
                 results = await served.infer(inputs, outputs)
+            else:
+                results = await _within(served.infer(inputs, outputs), remaining)
             response = _response(served, request.id, results)
         except Exception as exc:
             error = self.outcomes.failed(exc, served, request.model_name, GRPC_V2, started)
@@ -208,6 +217,17 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             raise  # unreachable: abort raises
         self.outcomes.done(served, served.model, GRPC_V2, 200, started)
         return response
+
+
+async def _within(work: Any, seconds: float) -> Any:
+    """`work` under the client's deadline: past it, the request is dropped (cancelled while
+    queued, so it never runs) and answered 504."""
+    try:
+        return await asyncio.wait_for(work, max(seconds, 0.0))
+    except TimeoutError:
+        raise InferenceError(
+            f"the client's deadline ({seconds * 1000:.0f} ms) passed before the answer", 504
+        ) from None
 
 
 def _response(served: ServedVersion, rid: str, results: dict[str, Array]) -> pb.ModelInferResponse:
@@ -232,6 +252,8 @@ async def start_grpc(
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(runtime), server)  # type: ignore[no-untyped-call]
+    health = HealthService(lambda: runtime.ready, "inference.GRPCInferenceService")
+    server.add_generic_rpc_handlers((health.handler(),))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen for gRPC on {host}:{port}")
