@@ -195,7 +195,9 @@ def test_in_flight_requests_finish_when_their_version_is_unloaded(tmp_path: Path
 def test_changed_config_reloads_the_model(tmp_path: Path) -> None:
     root = write_repository(tmp_path / "repo", ["tiny"])
     with run_server(model_repository=root) as srv:
-        assert httpx.get(srv.url + "/v2/models/tiny/config").json()["max_batch_size"] == 1
+        assert (
+            httpx.get(srv.url + "/v2/models/tiny/config").json()["max_batch_size"] == 0
+        )  # no batching
         config = root / "tiny" / "config.yaml"
         config.write_text("batching: {max_batch_size: 8}\n")
         os.utime(config, (1, 1))  # a stamp surely different from "no file"
@@ -256,3 +258,14 @@ def test_a_model_file_changed_in_place_is_reloaded_safely(tmp_path: Path) -> Non
         assert httpx.get(srv.url + "/v2/repository/index").json()[0]["reason"] == ""
         after = httpx.post(srv.url + "/v2/models/tiny/infer", json=TINY_BODY).json()
         assert after["outputs"] != before["outputs"]
+
+
+def test_versions_are_listed_in_version_order(tmp_path: Path) -> None:
+    root = write_repository(tmp_path / "repo", ["tiny"], version="2")
+    add_version(root, "tiny", "10")
+    (root / "tiny" / "config.yaml").write_text("version_policy: {all: true}\n")
+    with run_server(model_repository=root) as srv:
+        meta = httpx.get(srv.url + "/v2/models/tiny").json()
+        missing = httpx.get(srv.url + "/v2/models/tiny/versions/3").json()
+    assert meta["versions"] == ["2", "10"]
+    assert "it serves 2, 10" in missing["error"]

@@ -235,7 +235,7 @@ class ModelRepository:
         if served is None:
             raise NotFoundError(
                 f"model {model!r} has no version {version!r}; "
-                f"it serves {', '.join(sorted(versions)) or 'none'}"
+                f"it serves {', '.join(sorted(versions, key=version_sort_key)) or 'none'}"
             )
         if served.state != READY:
             raise RejectedError(

@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 
 from modelpilot_runtime import __version__
+from modelpilot_runtime.config import version_sort_key
 from modelpilot_runtime.errors import BadRequestError, InferenceError
 from modelpilot_runtime.metrics import GRPC_V2
 from modelpilot_runtime.repository.model import ServedVersion
@@ -177,7 +178,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         meta = served.metadata()
         if not request.version:
             meta["versions"] = sorted(
-                v for v, s in self.repo.models.get(request.name, {}).items() if s.ready
+                (v for v, s in self.repo.models.get(request.name, {}).items() if s.ready),
+                key=version_sort_key,
             )
         tm = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(

@@ -28,6 +28,7 @@ from urllib.parse import unquote
 import orjson
 
 from modelpilot_runtime import __version__
+from modelpilot_runtime.config import version_sort_key
 from modelpilot_runtime.errors import BackendError, InferenceError, RejectedError
 from modelpilot_runtime.metrics import HTTP_V2, TF_REST, UNKNOWN_MODEL, Metrics
 from modelpilot_runtime.repository.model import ServedVersion
@@ -193,6 +194,9 @@ class HttpApi:
         if len(tail) >= 2 and tail[0] == "versions":
             version = unquote(tail[1])
             tail = tail[2:]
+            if not version:
+                # Not the default version: a client that meant one must not get another.
+                return Response.error(404, "empty version in the path")
         if not name:
             return Response.error(404, "no model name in the path")
         action = tail[0] if len(tail) == 1 else ("" if not tail else None)
@@ -218,7 +222,8 @@ class HttpApi:
         meta = served.metadata()
         if version is None:
             meta["versions"] = sorted(
-                v for v, s in self.repo.models.get(name, {}).items() if s.ready
+                (v for v, s in self.repo.models.get(name, {}).items() if s.ready),
+                key=version_sort_key,
             )
         return _json(200, meta)
 
@@ -235,14 +240,14 @@ class HttpApi:
         except InferenceError as exc:
             return Response.error(exc.status, exc.message)
         batching = served.config.batching
-        batchable = served.info is not None and served.info.batchable
+        batched = batching.enabled and served.info is not None and served.info.batchable
 
         def tensors(specs: list[Any]) -> list[dict[str, Any]]:
             return [
                 {
                     "name": s.name,
                     "data_type": TRITON_TYPES[s.datatype],
-                    "dims": list(s.shape[1:] if batchable else s.shape),
+                    "dims": list(s.shape[1:] if batched else s.shape),
                 }
                 for s in specs
             ]
@@ -253,7 +258,9 @@ class HttpApi:
                 "name": name,
                 "platform": "onnxruntime_onnx",
                 "backend": "onnxruntime",
-                "max_batch_size": batching.max_batch_size if batchable else 0,
+                # 0 when the server does not batch: dims then include the batch dimension
+                # (-1), as Triton reads it; any batch size is taken.
+                "max_batch_size": batching.max_batch_size if batched else 0,
                 "input": tensors(served.input_specs),
                 "output": tensors(served.output_specs),
             },
@@ -322,6 +329,8 @@ class HttpApi:
         if len(tail) >= 2 and tail[0] == "versions":
             version = unquote(tail[1])
             tail = tail[2:]
+            if not version:
+                return Response.error(404, "empty version in the path")
         if verb:
             if verb != "predict" or tail:
                 return Response.error(
