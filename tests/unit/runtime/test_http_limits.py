@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from modelpilot_runtime.server.httpserver import HttpConnection, HttpServer, Request, Response
-from tests.unit.runtime.conftest import RunningServer, run_server
+from tests.unit.runtime.conftest import RunningServer, run_server, wait_until
 
 GUARD = 20.0  # seconds: a hang guard on every socket read, never a measured duration
 
@@ -91,6 +91,9 @@ def test_stalled_clients_do_not_hold_up_shutdown(sample_repo: Path) -> None:
         partial.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\n")
         stalled = socket.create_connection(("127.0.0.1", port), timeout=GUARD)
         stalled.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nContent-Length: 50\r\n\r\n{")
+        connections = srv.runtime.http.connections
+        # Both are accepted and part-read before the stop (a hang guard, not a timing).
+        wait_until(lambda: len(connections) == 2 and all(c.in_message for c in list(connections)))
         srv.loop.call_soon_threadsafe(srv.runtime.request_stop)
         # Not a timing assert: with the old behaviour this waits out the 300 s shutdown timeout.
         srv.thread.join(GUARD)

@@ -435,5 +435,7 @@ class HttpServer:
             await asyncio.sleep(0.01)
         for conn in list(self.connections):
             conn._abort()
+        # Let the closed transports release their sockets before the loop may end.
+        await asyncio.sleep(0)
         if self._sweeper is not None:
             self._sweeper.cancel()
