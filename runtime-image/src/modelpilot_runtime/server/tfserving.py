@@ -130,7 +130,8 @@ class _Encoder:
     """Plain JSON values for outputs; non-finite float outputs become placeholders whose raw
     JSON text (with NaN/Infinity tokens) replaces them after serialisation."""
 
-    def __init__(self) -> None:
+    def __init__(self, exact: bool) -> None:
+        self.exact = exact  # look for NaN/inf (see `encode`)
         self.raw: dict[str, bytes] = {}
 
     def plain(self, arr: Array, name: str) -> Any:
@@ -155,7 +156,7 @@ class _Encoder:
             nested = np.empty(len(items), dtype=object)
             nested[:] = items
             return nested.reshape(arr.shape).tolist()  # the tensor's shape, like other outputs
-        if has_non_finite(arr):
+        if self.exact and has_non_finite(arr):
             placeholder = f"\x00non-finite {len(self.raw)}\x00"
             self.raw[placeholder] = non_finite_json(arr, nested=True)
             return placeholder
@@ -165,7 +166,14 @@ class _Encoder:
 
 
 def encode(results: dict[str, Array], rows_format: bool) -> bytes:
-    enc = _Encoder()
+    out = _encode(results, rows_format, False)
+    # NaN and infinities come out of orjson as null, the only way a float array holds one:
+    # only then are the outputs looked at for them.
+    return _encode(results, rows_format, True) if b"null" in out else out
+
+
+def _encode(results: dict[str, Array], rows_format: bool, exact: bool) -> bytes:
+    enc = _Encoder(exact)
     if rows_format:
         if len(results) == 1:
             ((name, arr),) = results.items()

@@ -202,6 +202,18 @@ def encode(
     model: str, version: str, req: InferRequest, results: dict[str, Array]
 ) -> tuple[bytes, int | None]:
     """The answer body and, when any output is binary, the JSON header's length."""
+    body, header_length = _encode(model, version, req, results, False)
+    # orjson writes NaN and infinities as null, and a float array has no other way to hold a
+    # null: only then are the outputs looked at for them (a null elsewhere, e.g. in the id,
+    # costs one more pass that changes nothing).
+    if b"null" in (body if header_length is None else body[:header_length]):
+        return _encode(model, version, req, results, True)
+    return body, header_length
+
+
+def _encode(
+    model: str, version: str, req: InferRequest, results: dict[str, Array], exact: bool
+) -> tuple[bytes, int | None]:
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     raw_json: dict[str, bytes] = {}
@@ -215,7 +227,7 @@ def encode(
             raw = array_to_raw(arr)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
-        elif has_non_finite(arr):
+        elif exact and has_non_finite(arr):
             placeholder = f"\x00non-finite {len(raw_json)}\x00"
             raw_json[placeholder] = non_finite_json(arr)
             entry["data"] = placeholder
