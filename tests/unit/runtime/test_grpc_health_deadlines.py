@@ -95,3 +95,35 @@ def test_a_request_past_its_deadline_is_dropped_and_counted_504(sample_repo: Pat
         # Dropped from the queue: the model never ran it.
         assert value(samples, "modelpilot_inference_batch_size_count", model="tiny") == 0
         assert value(samples, "modelpilot_inference_pending_requests", model="tiny") == 0
+
+
+def test_a_call_the_client_cancels_is_counted_once_as_499(sample_repo: Path) -> None:
+    defaults = {"batching": {"max_batch_size": 64, "max_delay_ms": 60_000}}
+    with run_server(models={"tiny": sample_repo / "tiny"}, model_defaults=defaults) as srv:
+        tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 8])
+        request = pb.ModelInferRequest(
+            model_name="tiny",
+            inputs=[tensor],
+            raw_input_contents=[np.ones((1, 8), np.float32).tobytes()],
+        )
+
+        def scrape() -> dict[str, list[tuple[dict[str, str], float]]]:
+            samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+            for family in text_string_to_metric_families(httpx.get(srv.url + "/metrics").text):
+                for s in family.samples:
+                    samples.setdefault(s.name, []).append((s.labels, s.value))
+            return samples
+
+        with grpc.insecure_channel(srv.grpc_target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+            call = stub.ModelInfer.future(request)
+            wait_until(
+                lambda: value(scrape(), "modelpilot_inference_pending_requests", model="tiny") == 1
+            )
+            call.cancel()
+            m = {"model": "tiny", "version": "1", "protocol": "v2-grpc"}
+            wait_until(lambda: value(scrape(), "modelpilot_inference_requests_total", **m) >= 1)
+        samples = scrape()
+        assert value(samples, "modelpilot_inference_requests_total", code="499", **m) == 1
+        assert value(samples, "modelpilot_inference_requests_total", **m) == 1
+        assert value(samples, "modelpilot_inference_batch_size_count", model="tiny") == 0

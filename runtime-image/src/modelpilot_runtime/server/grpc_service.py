@@ -4,7 +4,8 @@ sharing the event loop, repository and schedulers with the HTTP server.
 Errors map to gRPC codes (400 INVALID_ARGUMENT, 404 NOT_FOUND, 429 RESOURCE_EXHAUSTED,
 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED, 500 INTERNAL); the request metrics record the
 HTTP-equivalent code. A client's deadline is honoured: a request still queued or running
-when it passes is dropped (a queued one never runs) and counted as 504. Messages over the
+when it passes is dropped (a queued one never runs) and counted as 504; a call the client
+cancels is counted as 499. Messages over the
 size limit are refused by gRPC itself before they are read whole. The standard health
 service (`grpc.health.v1.Health`, see grpc_health) is served beside the inference service.
 """
@@ -45,6 +46,11 @@ CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+
+# Seconds before a client's deadline at which the server gives up on the call itself.
+DEADLINE_MARGIN = 0.01
+# The code counted for a call the client cancelled (nginx's 499: client closed request).
+CLIENT_CLOSED = 499
 
 CONTENTS_FIELD = {
     "BOOL": "bool_contents",
@@ -213,6 +219,17 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             else:
                 results = await _within(served.infer(inputs, outputs), remaining)
             response = _response(served, request.id, results)
+        except asyncio.CancelledError:
+            # The client cancelled the call or went away, or its deadline passed just before
+            # ours (gRPC cancels the handler then): still counted, once.
+            remaining = context.time_remaining()
+            gone = (
+                InferenceError("the client's deadline passed", 504)
+                if remaining is not None and remaining <= 0
+                else InferenceError("the client cancelled the call", CLIENT_CLOSED)
+            )
+            self.outcomes.failed(gone, served, request.model_name, GRPC_V2, started)
+            raise
         except Exception as exc:
             error = self.outcomes.failed(exc, served, request.model_name, GRPC_V2, started)
             await context.abort(CODES.get(error.status, grpc.StatusCode.INTERNAL), error.message)
@@ -225,7 +242,9 @@ async def _within(work: Any, seconds: float) -> Any:
     """`work` under the client's deadline: past it, the request is dropped (cancelled while
     queued, so it never runs) and answered 504."""
     try:
-        return await asyncio.wait_for(work, max(seconds, 0.0))
+        # A little before the deadline, so the server answers (and counts) it rather than
+        # being cancelled by the client's own expiry at the same instant.
+        return await asyncio.wait_for(work, max(seconds - DEADLINE_MARGIN, 0.0))
     except TimeoutError:
         raise InferenceError(
             f"the client's deadline ({seconds * 1000:.0f} ms) passed before the answer", 504
