@@ -146,3 +146,45 @@ def test_a_client_that_does_not_read_is_not_read_from() -> None:
     assert handled == ["/a", "/b", "/c"]
     assert transport.reading
     assert len(transport.written) == 3
+
+
+def test_json_over_its_own_limit_is_413_and_binary_of_the_same_size_is_served(
+    sample_repo: Path,
+) -> None:
+    import json
+
+    import httpx
+    import numpy as np
+
+    x = np.random.default_rng(0).random((50, 8), dtype=np.float32)
+    as_json = {
+        "inputs": [
+            {"name": "input", "shape": [50, 8], "datatype": "FP32", "data": x.ravel().tolist()}
+        ]
+    }
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [50, 8],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ]
+        }
+    ).encode()
+    with run_server(models={"tiny": sample_repo / "tiny"}, max_json_bytes=2000) as srv:
+        too_big = httpx.post(srv.url + "/v2/models/tiny/infer", json=as_json)
+        tfs = httpx.post(srv.url + "/v1/models/tiny:predict", json={"instances": x.tolist()})
+        binary = httpx.post(
+            srv.url + "/v2/models/tiny/infer",
+            content=head + x.tobytes(),
+            headers={"Inference-Header-Content-Length": str(len(head))},
+        )
+        metrics = httpx.get(srv.url + "/metrics").text
+    assert too_big.status_code == 413
+    assert "binary data" in too_big.json()["error"]
+    assert tfs.status_code == 413
+    assert binary.status_code == 200, binary.text
+    assert 'code="413",model="tiny",protocol="v2-http",version="1"} 1.0' in metrics

@@ -40,6 +40,7 @@ class ServerSettings:
     models: dict[str, Path] = field(default_factory=dict)
     poll_interval: float = 5.0  # seconds; 0 turns polling off
     max_body_bytes: int = 64 * 1024 * 1024
+    max_json_bytes: int = 16 * 1024 * 1024  # JSON parses to ~13x its size in memory
     drain_seconds: float = 0.0
     shutdown_timeout: float = 30.0
     keepalive_timeout: float = 75.0
@@ -65,7 +66,7 @@ class Runtime:
         )
         self.state = RuntimeState(self.repository, self.metrics)
         self.http = HttpServer(
-            HttpApi(self.state),
+            HttpApi(self.state, max_json_bytes=settings.max_json_bytes),
             max_body=settings.max_body_bytes,
             keepalive_timeout=settings.keepalive_timeout,
             header_timeout=settings.header_timeout,

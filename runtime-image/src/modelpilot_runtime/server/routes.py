@@ -60,6 +60,11 @@ def _json(status: int, doc: Any) -> Response:
 OK_TRUE = Response(200, b"")
 
 
+def _int_or_zero(value: bytes) -> int:
+    """A header's number for a size check (v2.decode refuses a malformed one with 400)."""
+    return int(value) if value.isdigit() and len(value) <= 18 else 0
+
+
 def as_inference_error(exc: BaseException, model: str) -> InferenceError:
     """Any exception of a request as the error to answer with: an unexpected one is the
     server's fault, a 500, logged with its traceback."""
@@ -136,8 +141,11 @@ class Outcomes:
 
 
 class HttpApi:
-    def __init__(self, runtime: RuntimeState) -> None:
+    def __init__(self, runtime: RuntimeState, max_json_bytes: int = 16 * 1024 * 1024) -> None:
         self.rt = runtime
+        # A JSON body takes about 13 times its size in memory once parsed into Python
+        # objects: JSON requests get a lower limit than binary ones (--max-body-bytes).
+        self.max_json_bytes = max_json_bytes
         self.repo = runtime.repository
         self.metrics = runtime.metrics
         self.outcomes = runtime.outcomes
@@ -272,7 +280,11 @@ class HttpApi:
         served: ServedVersion | None = None
         try:
             served = self.repo.get(name, version)
-            parsed = v2.decode(req.body, req.headers.get(b"inference-header-content-length"))
+            header_length = req.headers.get(b"inference-header-content-length")
+            self._check_json_size(
+                len(req.body) if header_length is None else _int_or_zero(header_length)
+            )
+            parsed = v2.decode(req.body, header_length)
             if served.fast:
                 results = served.infer_now(parsed.inputs, parsed.outputs)
                 return self._v2_answer(served, parsed, results, req.started)
@@ -288,6 +300,15 @@ class HttpApi:
             return self._v2_answer(served, parsed, results, started)
         except Exception as exc:
             return self._failed(exc, served, served.model, HTTP_V2, started)
+
+    def _check_json_size(self, size: int) -> None:
+        if size > self.max_json_bytes:
+            raise InferenceError(
+                f"JSON of {size} bytes is over the {self.max_json_bytes} byte limit for JSON "
+                "(--max-json-bytes); send large tensors as binary data "
+                "(Inference-Header-Content-Length)",
+                413,
+            )
 
     def _failed(
         self,
@@ -427,6 +448,7 @@ class HttpApi:
         served: ServedVersion | None = None
         try:
             served = self.repo.get(name, version)
+            self._check_json_size(len(req.body))
             inputs, rows_format = tfserving.decode(req.body, served.input_specs)
             if served.fast:
                 results = served.infer_now(inputs, None)
