@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the benchmark's load generators and plotting library:
 #   wrk (HTTP, from Debian), ghz (gRPC, built from its Go module into ~/.cache/modelpilot/bin),
-#   matplotlib (into the project's .venv; only the benchmark uses it).
+#   matplotlib and uvicorn (into the project's .venv; only the benchmarks use them).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN_DIR="${MODELPILOT_BIN:-$HOME/.cache/modelpilot/bin}"
@@ -18,5 +18,5 @@ if [ ! -x "$BIN_DIR/ghz" ]; then
   GOBIN="$BIN_DIR" go install "github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION"
 fi
 make venv >/dev/null
-.venv/bin/uv pip install -q --python .venv/bin/python "matplotlib>=3.8"
+.venv/bin/uv pip install -q --python .venv/bin/python "matplotlib>=3.8" "uvicorn>=0.30"
 echo "wrk: $(command -v wrk)  ghz: $BIN_DIR/ghz"

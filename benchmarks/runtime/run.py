@@ -53,7 +53,10 @@ SERVER_CORE, CLIENT_CORE = "1", "0"
 # --realtime: server, load generator and ceiling under SCHED_FIFO, so that other work on a
 # shared machine does not stand between a request and its answer (latency runs).
 PRIORITY: list[str] = []
-KEPT_SECTIONS = ("## TorchServe backend vs ONNX backend",)
+KEPT_SECTIONS = (
+    "## TorchServe backend vs ONNX backend",
+    "## Side by side with the previous commit (issue 13: isolation, strictness, limits)",
+)
 GHZ_VERSION = "v0.121.0"  # as installed by install.sh
 
 

@@ -52,12 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add(serve, "max-body-bytes", 64 * 1024 * 1024, type=int)
     _add(
         serve,
+        "max-json-bytes",
+        16 * 1024 * 1024,
+        type=int,
+        help="limit for JSON (a JSON body takes ~13x its size in memory once parsed)",
+    )
+    _add(
+        serve,
         "drain-seconds",
         0.0,
         type=float,
         help="on SIGTERM, keep serving (not ready) this long",
     )
     _add(serve, "shutdown-timeout", 30.0, type=float)
+    _add(serve, "header-timeout", 10.0, type=float, help="seconds for a request head to arrive")
+    _add(serve, "body-timeout", 30.0, type=float, help="seconds a request body may stall")
     _add(
         serve,
         "cache-dir",
@@ -178,8 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         models=models,
         poll_interval=args.poll_interval,
         max_body_bytes=args.max_body_bytes,
+        max_json_bytes=args.max_json_bytes,
         drain_seconds=args.drain_seconds,
         shutdown_timeout=args.shutdown_timeout,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
         model_defaults=model_defaults(args),
     )
     if args.cache_dir is not None:

@@ -203,7 +203,7 @@ class Metrics:
         self.rejected = _Family(
             "counter",
             p + "inference_rejected_total",
-            "Requests turned away: queue_full, timeout, not_ready, shutdown.",
+            "Requests turned away: queue_full, timeout, not_ready, shutdown, worker_failed.",
             (*mv, "reason"),
         )
         self.model_ready = _Family(

@@ -1,6 +1,6 @@
 """Sample ONNX models for tests, the demo and the benchmarks, built with `onnx` (no download).
 
-    python -m modelpilot_runtime.samples DEST [--models tiny,mlp,cnn,multi,echo]
+    python -m modelpilot_runtime.samples DEST [--models tiny,mlp,cnn,multi,echo,lookup]
 
 writes `DEST/<model>/1/model.onnx` for each, i.e. a ready model repository:
 
@@ -9,6 +9,8 @@ writes `DEST/<model>/1/model.onnx` for each, i.e. a ready model repository:
 - `cnn`:   FP32 [N, 3, 64, 64], four convolutions, 10 classes (a few ms per image on a core)
 - `multi`: inputs a FP32 [N,4], b INT64 [N,4], flag BOOL [N,1]; outputs sum, argmax, masked, half
 - `echo`:  one input per v2 datatype `in_<TYPE>` [N, -1], returned as `out_<TYPE>`
+- `lookup`: INT64 "ids" [N, 2] -> Gather from a [4, 3] table -> FP32 "vectors" [N, 2, 3]; an id
+  outside 0..3 (or -4..-1) makes onnxruntime fail the run (a request out of the model's domain)
 
 Weights come from a fixed seed, so every run writes the same files. `onnx` is a development
 dependency; the server itself never imports this module.
@@ -182,12 +184,27 @@ def echo() -> bytes:
     return _finish(helper.make_graph(nodes, "echo", inputs, outputs))
 
 
+def lookup() -> bytes:
+    onnx, helper, numpy_helper = _helpers()
+    tp = onnx.TensorProto
+    table = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["vectors"], axis=0)],
+        "lookup",
+        [helper.make_tensor_value_info("ids", tp.INT64, ["batch", 2])],
+        [helper.make_tensor_value_info("vectors", tp.FLOAT, ["batch", 2, 3])],
+        [table],
+    )
+    return _finish(graph)
+
+
 MODELS: dict[str, Callable[[], bytes]] = {
     "tiny": tiny,
     "mlp": mlp,
     "cnn": cnn,
     "multi": multi,
     "echo": echo,
+    "lookup": lookup,
 }
 
 

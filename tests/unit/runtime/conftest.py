@@ -49,6 +49,8 @@ class RunningServer:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
+        if not self.thread.is_alive():  # already stopped (a test stopped it itself)
+            return
         self.loop.call_soon_threadsafe(self.runtime.request_stop)
         self.thread.join(30)
 

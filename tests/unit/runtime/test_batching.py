@@ -291,3 +291,141 @@ def test_overload_through_the_server_answers_429_not_5xx(sample_repo: Path) -> N
         if x.startswith("modelpilot_inference_rejected_total") and "queue_full" in x
     )
     assert float(line.split()[-1]) == len(rejected)
+
+
+class PoisonBackend(DoublingBackend):
+    """Fails any run whose batch holds a negative value, as a model fails on an input out of
+    its domain: a batch with one such row fails as a whole."""
+
+    def predict(self, inputs: dict[str, Array], outputs: list[str] | None) -> dict[str, Array]:
+        if (inputs["x"] < 0).any():
+            raise RuntimeError("negative input")
+        return super().predict(inputs, outputs)
+
+
+def test_a_failing_request_fails_alone_and_its_batch_mates_are_answered() -> None:
+    backend = PoisonBackend()
+    runner, _ = make_runner(backend)
+
+    async def scenario() -> list[Any]:
+        # The batch is full at 8 requests and runs at once: all 8 share it.
+        batcher = DynamicBatcher(runner, BatchingSettings(max_batch_size=8, max_delay_ms=10_000))
+        batcher.start()
+        inputs = [rows(10 * i) for i in range(8)]
+        inputs[5] = {"x": np.array([[1.0, -1.0]], dtype=np.float32)}
+        results = await asyncio.gather(
+            *(batcher.submit(x, None, 1) for x in inputs), return_exceptions=True
+        )
+        await batcher.close()
+        return list(results)
+
+    results = run(scenario())
+    for i, result in enumerate(results):
+        if i == 5:
+            assert isinstance(result, BackendError)
+            assert "negative input" in result.message
+        else:
+            assert isinstance(result, dict)
+            np.testing.assert_array_equal(result["y"], rows(10 * i)["x"] * 2)
+
+
+def test_a_request_out_of_the_models_domain_gets_400_and_its_batch_mates_200(
+    tmp_path: Path,
+) -> None:
+    from modelpilot_runtime.samples import write_repository
+
+    repo = write_repository(tmp_path, ["lookup"])
+    defaults = {"batching": {"max_batch_size": 8, "max_delay_ms": 10_000}}
+    with run_server(models={"lookup": repo / "lookup"}, model_defaults=defaults) as srv:
+
+        def body(ids: list[int]) -> dict[str, Any]:
+            return {"inputs": [{"name": "ids", "shape": [1, 2], "datatype": "INT64", "data": ids}]}
+
+        async def burst() -> list[httpx.Response]:
+            # A full batch of 8 runs at once: the bad request shares it with 7 good ones.
+            async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+                ids = [[i % 4, (i + 1) % 4] for i in range(8)]
+                ids[3] = [0, 9]  # 9 is outside the 4-row table
+                return list(
+                    await asyncio.gather(
+                        *(client.post("/v2/models/lookup/infer", json=body(x)) for x in ids)
+                    )
+                )
+
+        responses = asyncio.run(burst())
+        metrics = httpx.get(srv.url + "/metrics").text
+    for i, response in enumerate(responses):
+        if i == 3:
+            assert response.status_code == 400, response.text
+            assert "refused the input" in response.json()["error"]
+        else:
+            assert response.status_code == 200, response.text
+            a, b = i % 4, (i + 1) % 4
+            expected = [3.0 * a, 3.0 * a + 1, 3.0 * a + 2, 3.0 * b, 3.0 * b + 1, 3.0 * b + 2]
+            assert response.json()["outputs"][0]["data"] == expected
+    assert 'code="500"' not in metrics
+
+
+def test_requests_that_timed_out_do_not_count_against_max_queue() -> None:
+    backend = DoublingBackend()
+    backend.gate.clear()
+    runner, _ = make_runner(backend, inline=False)
+
+    async def scenario() -> list[Any]:
+        settings = BatchingSettings(max_batch_size=1, max_queue=2, timeout_ms=20)
+        batcher = DynamicBatcher(runner, settings)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(rows(0), None, 1))
+        while not batcher._running:  # until the first request is taken and held at the gate
+            await asyncio.sleep(0.001)
+        expired = await asyncio.gather(
+            *(batcher.submit(rows(i), None, 1) for i in (1, 2)), return_exceptions=True
+        )
+        assert all(isinstance(e, RejectedError) and e.reason == "timeout" for e in expired)
+        assert batcher.pending == 0
+        # The two expired requests still sit in the deque (the worker is busy): they must
+        # not fill the queue for the next ones.
+        later = [asyncio.ensure_future(batcher.submit(rows(i), None, 1)) for i in (3, 4)]
+        await asyncio.sleep(0)
+        backend.gate.set()
+        results = await asyncio.gather(first, *later, return_exceptions=True)
+        await batcher.close()
+        return list(results)
+
+    results = run(scenario())
+    assert not any(isinstance(r, RejectedError) and r.reason == "queue_full" for r in results)
+
+
+def test_a_failed_batch_worker_answers_503_and_is_restarted() -> None:
+    backend = DoublingBackend()
+    runner, _ = make_runner(backend)
+
+    async def scenario() -> tuple[BaseException | None, dict[str, Array], int]:
+        batcher = DynamicBatcher(runner, BatchingSettings(max_batch_size=4))
+        original = batcher._take
+        calls = 0
+
+        def take_once_broken() -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("worker bug")
+            return original()
+
+        batcher._take = take_once_broken  # type: ignore[method-assign]
+        batcher.start()
+        failed: BaseException | None = None
+        try:
+            await batcher.submit(rows(0), None, 1)
+        except RejectedError as exc:
+            failed = exc
+        result = await batcher.submit(rows(1), None, 1)
+        await batcher.close()
+        return failed, result, batcher.restarts
+
+    failed, result, restarts = run(scenario())
+    assert isinstance(failed, RejectedError)
+    assert failed.status == 503
+    assert failed.reason == "worker_failed"
+    np.testing.assert_array_equal(result["y"], rows(1)["x"] * 2)
+    assert restarts == 1

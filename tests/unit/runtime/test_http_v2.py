@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.unit.runtime.conftest import RunningServer
+from tests.unit.runtime.conftest import RunningServer, run_server
 
 X = [[1, 2, 3, 4, 5, 6, 7, 8], [0, 0, 0, 0, 1, 1, 1, 1]]
 
@@ -71,8 +71,30 @@ def test_model_readiness(client: httpx.Client, path: str, status: int) -> None:
 
 
 def test_model_config(client: httpx.Client) -> None:
+    # No batching: max_batch_size 0 and the batch dimension in dims, as Triton reads it (any
+    # batch is taken); max_batch_size 1 would tell clients to send one row at a time.
     config = client.get("/v2/models/tiny/config").json()
+    assert config["max_batch_size"] == 0
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [-1, 8]}]
+
+
+def test_model_config_with_batching(sample_repo: Path) -> None:
+    defaults = {"batching": {"max_batch_size": 16}}
+    with run_server(models={"tiny": sample_repo / "tiny"}, model_defaults=defaults) as srv:
+        config = httpx.get(srv.url + "/v2/models/tiny/config").json()
+    assert config["max_batch_size"] == 16
     assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [8]}]
+
+
+@pytest.mark.parametrize(
+    "path", ["/v2/models/tiny/versions//infer", "/v1/models/tiny/versions/:predict"]
+)
+def test_an_empty_version_in_the_path_is_not_the_default_version(
+    client: httpx.Client, path: str
+) -> None:
+    response = client.post(path, json=tiny_body())
+    assert response.status_code == 404
+    assert "empty version" in response.json()["error"]
 
 
 def test_infer_json_matches_onnxruntime(client: httpx.Client, sample_repo: Path) -> None:
@@ -241,7 +263,7 @@ BAD_REQUESTS = [
     (body_with(shape=[8]), "has 1 dimensions, the model expects 2"),
     (body_with(data=[0] * 5), "has 5 elements, shape [1, 8] needs 8"),
     (body_with(datatype="FP99"), "unsupported datatype 'FP99'"),
-    (body_with(data=["a"] * 8), "does not fit datatype"),
+    (body_with(data=["a"] * 8), 'element 0 ("a") is not a number'),
     (body_with(shape=[1, -8]), "non-negative integers"),
     (body_with(drop="data"), "needs 'data' or parameters.binary_data_size"),
     (body_with(copies=2), "is given twice"),
@@ -359,7 +381,6 @@ def test_malformed_http_is_a_400(server: RunningServer) -> None:
 
 
 def test_oversize_body_refused_from_the_headers(sample_repo: Path) -> None:
-    from tests.unit.runtime.conftest import run_server
 
     with run_server(model_repository=sample_repo, max_body_bytes=1000) as srv:
         # Only the headers are sent: the answer comes before any of the body.

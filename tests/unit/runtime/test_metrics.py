@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelpilot_runtime.metrics import CONTRACT
@@ -124,3 +125,59 @@ def test_cache_hits_and_misses(sample_repo: Path) -> None:
     assert value(samples, "modelpilot_cache_requests_total", model="tiny", result="miss") == 2
     # Cache hits never reach the model.
     assert value(samples, "modelpilot_inference_compute_duration_seconds_count", model="tiny") == 2
+
+
+def test_every_request_is_counted_once_and_rejections_stay_out_of_the_latency_histogram(
+    sample_repo: Path,
+) -> None:
+    # A queue of one behind a model held busy by a long batching delay: the burst is rejected.
+    defaults = {"batching": {"max_batch_size": 64, "max_delay_ms": 300, "max_queue": 1}}
+    body = {"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [1.0] * 8}]}
+    with run_server(models={"tiny": sample_repo / "tiny"}, model_defaults=defaults) as srv:
+        import asyncio
+
+        async def burst() -> list[int]:
+            async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+                answers = await asyncio.gather(
+                    *(client.post("/v2/models/tiny/infer", json=body) for _ in range(10))
+                )
+            return [r.status_code for r in answers]
+
+        codes = asyncio.run(burst())
+        with httpx.Client(base_url=srv.url) as client:
+            samples = scrape(client)
+    ok, rejected = codes.count(200), codes.count(429)
+    assert ok + rejected == 10
+    assert rejected > 0
+    m = {"model": "tiny", "version": "1"}
+    assert value(samples, "modelpilot_inference_requests_total", code="429", **m) == rejected
+    assert value(samples, "modelpilot_inference_requests_total", code="200", **m) == ok
+    assert value(samples, "modelpilot_inference_request_duration_seconds_count", **m) == ok
+
+
+def test_an_unexpected_error_is_a_counted_500(
+    sample_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelpilot_runtime.server import v2
+
+    def broken_encode(*args: object) -> tuple[bytes, int | None]:
+        raise RuntimeError("encoder bug")
+
+    monkeypatch.setattr(v2, "encode", broken_encode)
+    body = {"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [1.0] * 8}]}
+    deep = {"inputs": [{"name": "input", "shape": [1] * 65, "datatype": "FP32", "data": [1.0]}]}
+    with (
+        run_server(models={"tiny": sample_repo / "tiny"}) as srv,
+        httpx.Client(base_url=srv.url) as client,
+    ):
+        answer = client.post("/v2/models/tiny/infer", json=body)
+        too_deep = client.post("/v2/models/tiny/infer", json=deep)
+        samples = scrape(client)
+    assert answer.status_code == 500
+    assert "encoder bug" in answer.json()["error"]
+    assert too_deep.status_code == 400
+    assert "dimensions" in too_deep.json()["error"]
+    m = {"model": "tiny", "version": "1"}
+    assert value(samples, "modelpilot_inference_requests_total", code="500", **m) == 1
+    assert value(samples, "modelpilot_inference_requests_total", code="400", **m) == 1
+    assert value(samples, "modelpilot_inference_requests_total", **m) == 2

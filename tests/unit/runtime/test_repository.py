@@ -195,7 +195,9 @@ def test_in_flight_requests_finish_when_their_version_is_unloaded(tmp_path: Path
 def test_changed_config_reloads_the_model(tmp_path: Path) -> None:
     root = write_repository(tmp_path / "repo", ["tiny"])
     with run_server(model_repository=root) as srv:
-        assert httpx.get(srv.url + "/v2/models/tiny/config").json()["max_batch_size"] == 1
+        assert (
+            httpx.get(srv.url + "/v2/models/tiny/config").json()["max_batch_size"] == 0
+        )  # no batching
         config = root / "tiny" / "config.yaml"
         config.write_text("batching: {max_batch_size: 8}\n")
         os.utime(config, (1, 1))  # a stamp surely different from "no file"
@@ -209,3 +211,61 @@ def test_changed_config_reloads_the_model(tmp_path: Path) -> None:
         # The version that was serving keeps serving, and the pod stays ready.
         assert httpx.get(srv.url + "/v2/models/tiny/ready").status_code == 200
         assert httpx.get(srv.url + "/v2/health/ready").status_code == 200
+
+
+TINY_BODY = {"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [1.0] * 8}]}
+
+
+def test_a_broken_new_version_leaves_the_old_one_serving(tmp_path: Path) -> None:
+    root = write_repository(tmp_path / "repo", ["tiny"])  # default policy: latest 1
+    with run_server(model_repository=root) as srv:
+        # A half-copied (or corrupt) version 2 appears.
+        (root / "tiny" / "2").mkdir()
+        (root / "tiny" / "2" / "model.onnx").write_bytes(b"half a model")
+        sync(srv)
+        assert status(srv, "tiny") == {"1": "READY", "2": "FAILED"}
+        answer = httpx.post(srv.url + "/v2/models/tiny/infer", json=TINY_BODY)
+        assert answer.status_code == 200
+        assert answer.json()["model_version"] == "1"
+        assert httpx.get(srv.url + "/v2/health/ready").status_code == 200
+        # The copy completes: version 2 loads, and only then does version 1 go.
+        shutil.copy(root / "tiny" / "1" / "model.onnx", root / "tiny" / "2" / "model.onnx")
+        sync(srv)
+        assert status(srv, "tiny") == {"2": "READY"}
+        answer = httpx.post(srv.url + "/v2/models/tiny/infer", json=TINY_BODY)
+        assert answer.json()["model_version"] == "2"
+
+
+def test_a_model_file_changed_in_place_is_reloaded_safely(tmp_path: Path) -> None:
+    from modelpilot_runtime.samples import dense_classifier
+
+    root = write_repository(tmp_path / "repo", ["tiny"])
+    model_file = root / "tiny" / "1" / "model.onnx"
+    with run_server(model_repository=root) as srv:
+        before = httpx.post(srv.url + "/v2/models/tiny/infer", json=TINY_BODY).json()
+        # Overwritten in place with a broken file: the loaded copy keeps serving, and says so.
+        model_file.write_bytes(b"not a model")
+        sync(srv)
+        assert status(srv, "tiny") == {"1": "READY"}
+        index = httpx.get(srv.url + "/v2/repository/index").json()
+        assert "failed to load" in index[0]["reason"]
+        again = httpx.post(srv.url + "/v2/models/tiny/infer", json=TINY_BODY).json()
+        assert again["outputs"] == before["outputs"]
+        # Overwritten in place with another working model: loaded, and it answers.
+        model_file.write_bytes(dense_classifier([8, 16, 3], seed=99, name="tiny"))
+        sync(srv)
+        assert status(srv, "tiny") == {"1": "READY"}
+        assert httpx.get(srv.url + "/v2/repository/index").json()[0]["reason"] == ""
+        after = httpx.post(srv.url + "/v2/models/tiny/infer", json=TINY_BODY).json()
+        assert after["outputs"] != before["outputs"]
+
+
+def test_versions_are_listed_in_version_order(tmp_path: Path) -> None:
+    root = write_repository(tmp_path / "repo", ["tiny"], version="2")
+    add_version(root, "tiny", "10")
+    (root / "tiny" / "config.yaml").write_text("version_policy: {all: true}\n")
+    with run_server(model_repository=root) as srv:
+        meta = httpx.get(srv.url + "/v2/models/tiny").json()
+        missing = httpx.get(srv.url + "/v2/models/tiny/versions/3").json()
+    assert meta["versions"] == ["2", "10"]
+    assert "it serves 2, 10" in missing["error"]

@@ -72,7 +72,7 @@ def test_model_status_and_metadata(client: httpx.Client) -> None:
             "/v1/models/tiny:predict",
             b'{"instances": [["a", 1, 1, 1, 1, 1, 1, 1]]}',
             400,
-            "do not fit the model's FP32",
+            'element 0 ("a") is not a number',
         ),
         (
             "/v1/models/multi:predict",

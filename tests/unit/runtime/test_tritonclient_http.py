@@ -24,7 +24,7 @@ def test_health_and_metadata(triton: httpclient.InferenceServerClient) -> None:
     assert triton.is_server_ready()
     assert triton.is_model_ready("tiny")
     assert triton.get_model_metadata("tiny")["inputs"][0]["shape"] == [-1, 8]
-    assert triton.get_model_config("tiny")["max_batch_size"] == 1
+    assert triton.get_model_config("tiny")["max_batch_size"] == 0  # no batching: any batch
 
 
 @pytest.mark.parametrize("binary", [True, False])

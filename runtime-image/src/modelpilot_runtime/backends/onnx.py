@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from modelpilot_runtime.backends.base import BackendInfo
 from modelpilot_runtime.config import ModelConfig
+from modelpilot_runtime.errors import BadRequestError
 from modelpilot_runtime.tensors import ONNX_TO_V2, Array, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -191,7 +193,13 @@ class OnnxBackend:
             results = self._run(names, inputs, None)
         except Exception:
             # The public path, for its error messages and its execution-provider fallback.
-            results = self.session.run(names, inputs)
+            try:
+                results = self.session.run(names, inputs)
+            except InvalidArgument as exc:
+                # A kernel refused the values at run time (an index out of range for a Gather,
+                # a shape a Reshape cannot take). The request already matched the model's
+                # metadata, so it is outside the model's domain: the client's mistake, a 400.
+                raise BadRequestError(f"the model refused the input: {exc}") from None
         return dict(zip(names, results, strict=True))
 
     def unload(self) -> None:

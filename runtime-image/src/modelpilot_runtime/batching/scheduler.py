@@ -9,13 +9,16 @@ loop keeps reading requests meanwhile.
 `DirectScheduler` runs every request on its own. `DynamicBatcher` queues requests and runs up
 to `max_batch_size` of them together once the batch is full or the oldest request has waited
 `max_delay`; requests that cannot share a batch (different inner shapes) wait for the next
-one. Both keep at most `max_queue` requests waiting and reject the rest at once (429); a
-request that waited past its timeout is rejected (503) instead of run.
+one. When a batch fails, its halves are run again (recursively), so a request the model
+cannot take gets its error alone and the others of its batch are answered. Both keep at
+most `max_queue` requests waiting and reject the rest at once (429); a request that waited
+past its timeout is rejected (503) instead of run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +32,8 @@ from modelpilot_runtime.config import BatchingSettings
 from modelpilot_runtime.errors import BackendError, InferenceError, RejectedError
 from modelpilot_runtime.metrics import VersionMetrics
 from modelpilot_runtime.tensors import Array
+
+log = logging.getLogger(__name__)
 
 Outputs = dict[str, Array]
 
@@ -148,6 +153,10 @@ class DirectScheduler:
         return None
 
 
+class _NotBatchableError(BackendError):
+    """The model's outputs do not follow the batch: no subset of the batch would do better."""
+
+
 @dataclass(slots=True, eq=False)
 class _Waiting:
     inputs: dict[str, Array]
@@ -157,6 +166,7 @@ class _Waiting:
     enqueued: float
     future: asyncio.Future[Outputs]
     timer: asyncio.TimerHandle | None = None
+    queued: bool = True  # counted in the batcher's `_queued` and `_rows`
 
 
 def _batch_key(inputs: dict[str, Array]) -> tuple[Any, ...]:
@@ -173,17 +183,52 @@ class DynamicBatcher:
         self.max_queue = settings.max_queue
         self.timeout = settings.timeout_ms / 1000.0
         self._queue: deque[_Waiting] = deque()
+        # Requests still waiting (not timed out, not gone, not running) and their rows: what
+        # `max_queue` and a full batch count. The deque may still hold timed-out entries
+        # until the worker next looks at them.
+        self._queued = 0
         self._rows = 0
+        self._running: list[_Waiting] = []
+        self.restarts = 0
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._task: asyncio.Task[None] | None = None
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        return self._queued
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._work())
+        self._task = asyncio.get_running_loop().create_task(self._supervise())
+
+    async def _supervise(self) -> None:
+        """Run the worker; should it fail, answer what it held with 503 and start it again,
+        so one fault does not leave every later request waiting for its timeout."""
+        while True:
+            try:
+                await self._work()
+                return
+            except Exception:
+                self.restarts += 1
+                log.exception(
+                    "batch worker failed (restart %d); failing its requests", self.restarts
+                )
+                error = RejectedError(
+                    "the batch worker failed while this request waited; retry", "worker_failed"
+                )
+                for item in [*self._running, *self._queue]:
+                    self._unqueue(item)
+                    if not item.future.done():
+                        item.future.set_exception(error)
+                self._running = []
+                self._queue.clear()
+                self._waiter = None
+
+    def _unqueue(self, item: _Waiting) -> None:
+        if item.queued:
+            item.queued = False
+            self._queued -= 1
+            self._rows -= item.rows
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -195,7 +240,7 @@ class DynamicBatcher:
     ) -> Outputs:
         if self._closed:
             raise RejectedError("the model version is shutting down", "shutdown")
-        if len(self._queue) >= self.max_queue:
+        if self._queued >= self.max_queue:
             raise RejectedError(
                 f"queue full ({self.max_queue} requests waiting for this model); retry later",
                 "queue_full",
@@ -208,18 +253,21 @@ class DynamicBatcher:
         # long batch; the queue entry itself is dropped when the worker next looks at it.
         item.timer = loop.call_later(self.timeout, self._expire, item)
         self._queue.append(item)
+        self._queued += 1
         self._rows += rows
         m = self.runner.metrics
         m.pending.inc()
         # Wake the worker when it waits for a first request, or for a batch that is now full.
-        if len(self._queue) == 1 or self._rows >= self.max_batch:
+        if self._queued == 1 or self._rows >= self.max_batch:
             self._wake()
         try:
             return await future
         finally:
+            self._unqueue(item)  # the client went away (cancelled) before it ran
             m.pending.dec()
 
     def _expire(self, item: _Waiting) -> None:
+        self._unqueue(item)
         if not item.future.done():
             item.future.set_exception(self._timeout_error(time.monotonic() - item.enqueued))
 
@@ -245,12 +293,13 @@ class DynamicBatcher:
 
     async def _work(self) -> None:
         while True:
-            if not self._queue:
+            if not self._queued:
+                self._queue.clear()  # only entries that timed out or whose client went away
                 if self._closed:
                     return
                 await self._wait(None)
                 continue
-            if self.max_delay > 0 and self._rows < self.max_batch:
+            if self.max_delay > 0 and self._rows < self.max_batch and not self._closed:
                 deadline = self._queue[0].enqueued + self.max_delay
                 if deadline > time.monotonic():
                     await self._wait(deadline)
@@ -263,7 +312,9 @@ class DynamicBatcher:
                 await asyncio.sleep(0)
             batch = self._take()
             if batch:
+                self._running = batch
                 await self._run(batch)
+                self._running = []
 
     def _take(self) -> list[_Waiting]:
         now = time.monotonic()
@@ -274,10 +325,10 @@ class DynamicBatcher:
         while self._queue:
             item = self._queue.popleft()
             if item.future.done():  # timed out, or the client went away
-                self._rows -= item.rows
+                self._unqueue(item)
                 continue
             if now - item.enqueued > self.timeout:
-                self._rows -= item.rows
+                self._unqueue(item)
                 item.future.set_exception(self._timeout_error(now - item.enqueued))
                 continue
             if key is None:
@@ -285,9 +336,9 @@ class DynamicBatcher:
             if item.key == key and (not batch or rows + item.rows <= self.max_batch):
                 if item.timer is not None:
                     item.timer.cancel()  # running now: it no longer waits
+                self._unqueue(item)
                 batch.append(item)
                 rows += item.rows
-                self._rows -= item.rows
             else:
                 rest.append(item)
         self._queue = rest
@@ -298,28 +349,23 @@ class DynamicBatcher:
         m = self.runner.metrics
         for item in batch:
             m.queue_duration.observe(started - item.enqueued)
-        first = batch[0]
-        if len(batch) == 1:
-            feeds = first.inputs
-            outputs = first.outputs
-        else:
-            feeds = {name: np.concatenate([w.inputs[name] for w in batch]) for name in first.inputs}
-            outputs = _union_outputs(batch)
-        total = sum(w.rows for w in batch)
+        await self._run_isolated(batch)
+
+    async def _run_isolated(self, batch: list[_Waiting]) -> None:
+        """Run a batch; when it fails, run each half again (recursively), so that a request
+        the model cannot take fails alone and every other one of its batch is answered."""
         try:
-            results = await self.runner.run(feeds, outputs, len(batch))
-            if len(batch) > 1:
-                for name, arr in results.items():
-                    if arr.ndim == 0 or arr.shape[0] != total:
-                        raise BackendError(
-                            f"output {name!r} has shape {list(arr.shape)} for a batch of {total} "
-                            "rows: this model cannot be batched; set max_batch_size to 1"
-                        )
+            results = await self._execute(batch)
+        except _NotBatchableError as exc:
+            self._fail(batch, exc)
+            return
         except Exception as exc:
-            error = exc if isinstance(exc, InferenceError) else BackendError(str(exc))
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
+            if len(batch) == 1:
+                self._fail(batch, exc)
+                return
+            mid = len(batch) // 2
+            await self._run_isolated(batch[:mid])
+            await self._run_isolated(batch[mid:])
             return
         offset = 0
         for item in batch:
@@ -331,6 +377,28 @@ class DynamicBatcher:
                     end = offset + item.rows
                     item.future.set_result({n: results[n][offset:end] for n in names})
             offset += item.rows
+
+    async def _execute(self, batch: list[_Waiting]) -> Outputs:
+        first = batch[0]
+        if len(batch) == 1:
+            return await self.runner.run(first.inputs, first.outputs, 1)
+        feeds = {name: np.concatenate([w.inputs[name] for w in batch]) for name in first.inputs}
+        results = await self.runner.run(feeds, _union_outputs(batch), len(batch))
+        total = sum(w.rows for w in batch)
+        for name, arr in results.items():
+            if arr.ndim == 0 or arr.shape[0] != total:
+                raise _NotBatchableError(
+                    f"output {name!r} has shape {list(arr.shape)} for a batch of {total} "
+                    "rows: this model cannot be batched; set max_batch_size to 1"
+                )
+        return results
+
+    @staticmethod
+    def _fail(batch: list[_Waiting], exc: Exception) -> None:
+        error = exc if isinstance(exc, InferenceError) else BackendError(str(exc))
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(error)
 
     async def close(self) -> None:
         """Finish everything queued, then stop the worker."""

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # Below this batch-1 run time, handing the run to a thread costs more than it frees the loop.
 INLINE_BELOW_SECONDS = 0.0005
 
-REJECT_REASONS = ("queue_full", "timeout", "not_ready", "shutdown")
+REJECT_REASONS = ("queue_full", "timeout", "not_ready", "shutdown", "worker_failed")
 
 LOADING, READY, UNLOADING, UNLOADED, FAILED = "LOADING", "READY", "UNLOADING", "UNLOADED", "FAILED"
 # A loaded version whose backend lost its model server (a TorchServe being restarted).
@@ -73,6 +73,9 @@ class ServedVersion:
         self._class_children: dict[int, Any] = {}
         self._class_output: str | None = None
         self.stamp = version_stamp(version_dir)
+        # The stamp of a changed copy that failed to load while this one kept serving: not
+        # tried again until the files change once more.
+        self.failed_stamp: Stamp | None = None
         self._ready_gauge_provider = ""
         metrics.model_ready.labels(model, version, "").set(0)
 
@@ -403,9 +406,20 @@ def _as_text(arr: Array, name: str) -> Array:
     return out
 
 
-def version_stamp(path: Path) -> float:
-    """Latest modification time under a version directory: a changed one is loaded again."""
+Stamp = tuple[tuple[str, int, int], ...]
+
+
+def version_stamp(path: Path) -> Stamp:
+    """What a version directory holds, by name, size and modification time (ns) of each
+    entry: a file overwritten in place, or a half-copied one growing, changes it."""
     try:
-        return max([path.stat().st_mtime, *(p.stat().st_mtime for p in path.iterdir())])
+        # Left out: hidden files and the server's own derived copies (the int8-quantised model
+        # written next to the original), which would otherwise read as a change.
+        entries = sorted(
+            p
+            for p in path.iterdir()
+            if not p.name.startswith(".") and not p.name.startswith("model.int8-")
+        )
+        return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in entries)
     except OSError:
-        return 0.0
+        return ()

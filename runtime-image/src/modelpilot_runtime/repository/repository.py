@@ -5,9 +5,13 @@ an optional `<root>/<model>/config.yaml`
 (see `modelpilot_runtime.config`). A model directory that holds `model.onnx` itself is served
 as version "1". `sync()` compares the disk with what is served: versions the policy newly
 selects are loaded and warmed up in a worker thread and only then served; versions no longer
-selected (or deleted) are drained and unloaded; a version that fails to load is kept as FAILED
-with its reason (status endpoints, log, `model_ready` 0) and tried again when its files
-change, while the versions already serving keep serving. `run_polling()` calls `sync()`
+selected are drained and unloaded once every selected version is READY (so a broken or
+half-copied new version leaves the old one serving), deleted ones at once; a version that
+fails to load is kept as FAILED with its reason (status endpoints, log, `model_ready` 0) and
+tried again when its files change, while the versions already serving keep serving. A served
+version whose files change in place (name, size or modification time of any entry) is loaded
+again the same way: the new copy replaces the old only once READY; if it fails, the old copy
+keeps serving with the failure as its reason. `run_polling()` calls `sync()`
 every `poll_interval` seconds.
 """
 
@@ -124,8 +128,13 @@ class ModelRepository:
                 ):
                     continue
                 await self._load(name, version, model_dir, on_disk[version], config)
+            # A version the policy no longer selects keeps serving until every selected one
+            # is ready: a broken or half-copied new version never takes a model down. One
+            # whose directory is gone is unloaded regardless.
+            replaced = all(v in served and served[v].state == READY for v in wanted)
             for version in [v for v in served if v not in wanted]:
-                await self._unload(name, version)
+                if replaced or version not in on_disk or served[version].state != READY:
+                    await self._unload(name, version)
             self._refresh_default(name)
         for name in [n for n in self.models if n not in seen]:
             for version in list(self.models[name]):
@@ -138,7 +147,9 @@ class ModelRepository:
 
     @staticmethod
     def _changed(current: ServedVersion, version_dir: Path) -> bool:
-        return current.state == FAILED and version_stamp(version_dir) != current.stamp
+        """Whether the version's files changed since it was loaded (or last failed to)."""
+        stamp = version_stamp(version_dir)
+        return stamp != current.stamp and stamp != current.failed_stamp
 
     async def _load(
         self, name: str, version: str, model_dir: Path, version_dir: Path, config: ModelConfig
@@ -156,7 +167,10 @@ class ModelRepository:
             reason = f"failed to load {version_dir}: {exc}"
             log.error("%s/%s: %s", name, version, reason)
             if previous is not None and previous.state == READY:
-                # A broken replacement never takes the place of a working version.
+                # A broken replacement never takes the place of a working version: the loaded
+                # one keeps serving, and says why its files on disk are not what it serves.
+                previous.failed_stamp = candidate.stamp
+                previous.reason = f"serving the copy loaded before; the changed files {reason}"
                 return
             candidate.fail(reason)
             self.models[name][version] = candidate
@@ -221,7 +235,7 @@ class ModelRepository:
         if served is None:
             raise NotFoundError(
                 f"model {model!r} has no version {version!r}; "
-                f"it serves {', '.join(sorted(versions)) or 'none'}"
+                f"it serves {', '.join(sorted(versions, key=version_sort_key)) or 'none'}"
             )
         if served.state != READY:
             raise RejectedError(

@@ -40,9 +40,12 @@ class ServerSettings:
     models: dict[str, Path] = field(default_factory=dict)
     poll_interval: float = 5.0  # seconds; 0 turns polling off
     max_body_bytes: int = 64 * 1024 * 1024
+    max_json_bytes: int = 16 * 1024 * 1024  # JSON parses to ~13x its size in memory
     drain_seconds: float = 0.0
     shutdown_timeout: float = 30.0
     keepalive_timeout: float = 75.0
+    header_timeout: float = 10.0  # seconds for a request line and headers to arrive
+    body_timeout: float = 30.0  # seconds a request body may stall
     cache_dir: Path = field(
         default_factory=lambda: Path(tempfile.gettempdir()) / "modelpilot-runtime"
     )
@@ -63,9 +66,11 @@ class Runtime:
         )
         self.state = RuntimeState(self.repository, self.metrics)
         self.http = HttpServer(
-            HttpApi(self.state),
+            HttpApi(self.state, max_json_bytes=settings.max_json_bytes),
             max_body=settings.max_body_bytes,
             keepalive_timeout=settings.keepalive_timeout,
+            header_timeout=settings.header_timeout,
+            body_timeout=settings.body_timeout,
         )
         self.grpc: Any = None
         self.http_port = 0

@@ -2,21 +2,29 @@
 sharing the event loop, repository and schedulers with the HTTP server.
 
 Errors map to gRPC codes (400 INVALID_ARGUMENT, 404 NOT_FOUND, 429 RESOURCE_EXHAUSTED,
-503 UNAVAILABLE, 500 INTERNAL); the request metrics record the HTTP-equivalent code.
-Messages over the size limit are refused by gRPC itself before they are read whole.
+503 UNAVAILABLE, 504 DEADLINE_EXCEEDED, 500 INTERNAL); the request metrics record the
+HTTP-equivalent code. A client's deadline is honoured: a request still queued or running
+when it passes is dropped (a queued one never runs) and counted as 504; a call the client
+cancels is counted as 499. Messages over the
+size limit are refused by gRPC itself before they are read whole. The standard health
+service (`grpc.health.v1.Health`, see grpc_health) is served beside the inference service.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import grpc
 import numpy as np
 
 from modelpilot_runtime import __version__
+from modelpilot_runtime.config import version_sort_key
 from modelpilot_runtime.errors import BadRequestError, InferenceError
 from modelpilot_runtime.metrics import GRPC_V2
 from modelpilot_runtime.repository.model import ServedVersion
+from modelpilot_runtime.server.grpc_health import HealthService
 from modelpilot_runtime.server.proto import inference_pb2 as pb
 from modelpilot_runtime.server.proto import inference_pb2_grpc as pb_grpc
 from modelpilot_runtime.server.routes import EXTENSIONS, SERVER_NAME, RuntimeState
@@ -36,7 +44,13 @@ CODES = {
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+
+# Seconds before a client's deadline at which the server gives up on the call itself.
+DEADLINE_MARGIN = 0.01
+# The code counted for a call the client cancelled (nginx's 499: client closed request).
+CLIENT_CLOSED = 499
 
 CONTENTS_FIELD = {
     "BOOL": "bool_contents",
@@ -54,6 +68,12 @@ CONTENTS_FIELD = {
 }
 
 
+def _has_contents(tensor: Any) -> bool:
+    return bool(tensor.HasField("contents")) and any(
+        len(getattr(tensor.contents, f)) for f in set(CONTENTS_FIELD.values())
+    )
+
+
 def decode_inputs(request: Any) -> dict[str, Array]:
     inputs: dict[str, Array] = {}
     raw = request.raw_input_contents
@@ -68,6 +88,11 @@ def decode_inputs(request: Any) -> dict[str, Array]:
         dtype = v2_dtype(tensor.datatype, where)
         shape = check_shape(list(tensor.shape), where)
         if raw:
+            if _has_contents(tensor):
+                raise BadRequestError(
+                    f"{where}: has typed contents and the request has raw_input_contents; "
+                    "give one or the other"
+                )
             inputs[tensor.name] = raw_to_array(raw[i], dtype, shape, where)
             continue
         field = CONTENTS_FIELD.get(tensor.datatype)
@@ -75,23 +100,39 @@ def decode_inputs(request: Any) -> dict[str, Array]:
             raise BadRequestError(
                 f"{where}: {tensor.datatype} data must come in raw_input_contents"
             )
-        values = list(getattr(tensor.contents, field))
+        others = [
+            f
+            for f in set(CONTENTS_FIELD.values())
+            if f != field and len(getattr(tensor.contents, f))
+        ]
+        if others:
+            raise BadRequestError(
+                f"{where}: {tensor.datatype} data goes in contents.{field}, not "
+                f"{', '.join(sorted(others))}"
+            )
+        values = getattr(tensor.contents, field)
         count = element_count(shape)
         if len(values) != count:
             raise BadRequestError(
                 f"{where}: contents.{field} has {len(values)} elements, "
                 f"shape {list(shape)} needs {count}"
             )
-        try:
-            arr = (
-                np.array(values, dtype=dtype)
-                if dtype.kind != "O"
-                else np.array([*values, None], dtype=object)[:-1]
-            )
-        except (ValueError, OverflowError) as exc:
-            raise BadRequestError(
-                f"{where}: contents do not fit {tensor.datatype}: {exc}"
-            ) from None
+        if dtype.kind == "O":
+            arr = np.empty(count, dtype=object)
+            arr[:] = list(values)
+        elif dtype.kind in "iu" and dtype.itemsize < 4:
+            # int_contents/uint_contents carry 32 bits: narrower types must be range-checked.
+            wide = np.array(values, dtype=np.int64)
+            info = np.iinfo(dtype)
+            bad = np.flatnonzero((wide < info.min) | (wide > info.max))
+            if bad.size:
+                raise BadRequestError(
+                    f"{where}: element {int(bad[0])} ({int(wide[bad[0]])}) is outside the "
+                    f"range {info.min}..{info.max} of {tensor.datatype}"
+                )
+            arr = wide.astype(dtype)
+        else:
+            arr = np.array(values, dtype=dtype)
         inputs[tensor.name] = arr.reshape(shape)
     if not inputs:
         raise BadRequestError("the request has no inputs")
@@ -143,7 +184,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         meta = served.metadata()
         if not request.version:
             meta["versions"] = sorted(
-                v for v, s in self.repo.models.get(request.name, {}).items() if s.ready
+                (v for v, s in self.repo.models.get(request.name, {}).items() if s.ready),
+                key=version_sort_key,
             )
         tm = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -163,33 +205,61 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(  # noqa: N802
         self, request: pb.ModelInferRequest, context: Any
     ) -> pb.ModelInferResponse:
-        import time
-
         started = time.perf_counter()
         served: ServedVersion | None = None
         try:
             served = self.repo.get(request.model_name, request.model_version or None)
             inputs = decode_inputs(request)
             outputs = [o.name for o in request.outputs] or None
+            remaining = context.time_remaining()
             if served.fast:
                 results = served.infer_now(inputs, outputs)
-            else:
+            elif remaining is None:
                 results = await served.infer(inputs, outputs)
-        except InferenceError as exc:
-            self.outcomes.failed(exc, served, request.model_name, GRPC_V2, started)
-            await context.abort(CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
-            raise  # unreachable: abort raises
-        response = pb.ModelInferResponse(
-            model_name=served.model, model_version=served.version, id=request.id
-        )
-        out_tensor = pb.ModelInferResponse.InferOutputTensor
-        for name, arr in results.items():
-            response.outputs.append(
-                out_tensor(name=name, datatype=v2_datatype_of(arr), shape=list(arr.shape))
+            else:
+                results = await _within(served.infer(inputs, outputs), remaining)
+            response = _response(served, request.id, results)
+        except asyncio.CancelledError:
+            # The client cancelled the call or went away, or its deadline passed just before
+            # ours (gRPC cancels the handler then): still counted, once.
+            remaining = context.time_remaining()
+            gone = (
+                InferenceError("the client's deadline passed", 504)
+                if remaining is not None and remaining <= 0
+                else InferenceError("the client cancelled the call", CLIENT_CLOSED)
             )
-            response.raw_output_contents.append(array_to_raw(arr))
+            self.outcomes.failed(gone, served, request.model_name, GRPC_V2, started)
+            raise
+        except Exception as exc:
+            error = self.outcomes.failed(exc, served, request.model_name, GRPC_V2, started)
+            await context.abort(CODES.get(error.status, grpc.StatusCode.INTERNAL), error.message)
+            raise  # unreachable: abort raises
         self.outcomes.done(served, served.model, GRPC_V2, 200, started)
         return response
+
+
+async def _within(work: Any, seconds: float) -> Any:
+    """`work` under the client's deadline: past it, the request is dropped (cancelled while
+    queued, so it never runs) and answered 504."""
+    try:
+        # A little before the deadline, so the server answers (and counts) it rather than
+        # being cancelled by the client's own expiry at the same instant.
+        return await asyncio.wait_for(work, max(seconds - DEADLINE_MARGIN, 0.0))
+    except TimeoutError:
+        raise InferenceError(
+            f"the client's deadline ({seconds * 1000:.0f} ms) passed before the answer", 504
+        ) from None
+
+
+def _response(served: ServedVersion, rid: str, results: dict[str, Array]) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(model_name=served.model, model_version=served.version, id=rid)
+    out_tensor = pb.ModelInferResponse.InferOutputTensor
+    for name, arr in results.items():
+        response.outputs.append(
+            out_tensor(name=name, datatype=v2_datatype_of(arr), shape=list(arr.shape))
+        )
+        response.raw_output_contents.append(array_to_raw(arr))
+    return response
 
 
 async def start_grpc(
@@ -203,6 +273,8 @@ async def start_grpc(
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(runtime), server)  # type: ignore[no-untyped-call]
+    health = HealthService(lambda: runtime.ready, "inference.GRPCInferenceService")
+    server.add_generic_rpc_handlers((health.handler(),))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen for gRPC on {host}:{port}")

@@ -4,8 +4,12 @@ task per request unless the handler has to wait (batching, worker threads).
 
 What it does: keep-alive and pipelining (answers in request order), `Expect: 100-continue`,
 bodies with Content-Length or chunked, a body size limit enforced from the headers (a body
-over it is refused with 413 before it is read, and the rest of it is drained and dropped), an
-idle keep-alive timeout, and a graceful stop (no new connections; requests already received
+over it is refused with 413 before it is read, and the rest of it is drained and dropped),
+limits on the request head (URL 414; header bytes and count 431, checked as the bytes
+arrive), read timeouts (a head not complete within `header_timeout`, or a body that stalls
+for `body_timeout`, is answered 408 and closed), write flow control (a client that does not
+read its answers is not read from either), HEAD (the GET answer without its body), an idle
+keep-alive timeout, and a graceful stop (no new connections; requests already received
 are answered; every connection is told `Connection: close` on its next answer and closed).
 """
 
@@ -90,7 +94,16 @@ class HttpConnection(asyncio.Protocol):
         self.closing = False
         self.paused = False
         self.discarding = False
+        self.write_paused = False
         self.last_active = time.monotonic()
+        # Reading a request head (request line and headers): since when, and how many bytes.
+        self.reading_head = True
+        self.head_started = self.last_active
+        self._head_bytes = 0
+        self._header_count = 0
+        # Reading a body: since when (None: not reading one).
+        self.body_started: float | None = None
+        self._method = b""
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
@@ -117,28 +130,67 @@ class HttpConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._refuse(400, "protocol upgrades are not supported")
+            return
         except httptools.HttpParserError as exc:
             if self._reject is not None:
                 self._refuse(*self._reject)
             else:
                 self._refuse(400, f"malformed HTTP request: {exc}")
+            return
+        if self.reading_head and self.in_message:
+            # Counted after parsing, so a head and its body in one read never count as head;
+            # a head still incomplete past the limit is refused before the parser buffers more.
+            self._head_bytes += len(data)
+            if self._head_bytes > self.server.max_head_bytes:
+                self._refuse(
+                    431, f"request line and headers are over {self.server.max_head_bytes} bytes"
+                )
+
+    # -- write flow control ------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        """The client does not read its answers: stop reading (and answering) its requests."""
+        self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.transport is None:
+            return
+        self._drain_waiting()
+        if not self.paused:
+            self.transport.resume_reading()
 
     # -- parser callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self.in_message = True
+        self.head_started = time.monotonic()
+        self._head_bytes = 0
         self._url = b""
         self._headers = {}
+        self._header_count = 0
         self._body = []
         self._size = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self.server.max_url_bytes:
+            self._reject = (414, f"the URL is over {self.server.max_url_bytes} bytes")
+            raise _StopParsingError
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.server.max_headers:
+            self._reject = (431, f"more than {self.server.max_headers} header fields")
+            raise _StopParsingError
         self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        self.reading_head = False
+        self._head_bytes = 0
+        self.body_started = time.monotonic()
         length = self._headers.get(b"content-length")
         if length is not None:
             try:
@@ -168,6 +220,8 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.in_message = False
+        self.reading_head = True
+        self.body_started = None
         if self.transport is None:
             return
         url = self._url.decode("latin-1")
@@ -181,7 +235,7 @@ class HttpConnection(asyncio.Protocol):
             body,
             self.parser.should_keep_alive(),
         )
-        if self.busy:
+        if self.busy or self.write_paused:
             self.waiting.append(request)
             if len(self.waiting) > 32 and not self.paused and self.transport is not None:
                 self.paused = True
@@ -192,11 +246,17 @@ class HttpConnection(asyncio.Protocol):
     # -- answering ---------------------------------------------------------------------------
 
     def _start(self, request: Request) -> None:
+        head = request.method == b"HEAD"
+        if head:
+            # Answered as the GET it stands for, without the body (RFC 9110, 9.3.2).
+            request.method = b"GET"
         try:
             result = self.handler(request)
         except Exception:
             log.exception("unhandled error answering %s", request.path)
             result = Response.error(500, "internal server error")
+        if head:
+            request.method = b"HEAD"
         if isinstance(result, Response):
             self._send(request, result)
             return
@@ -212,11 +272,17 @@ class HttpConnection(asyncio.Protocol):
             log.exception("unhandled error answering %s", request.path)
             response = Response.error(500, "internal server error")
         self._send(request, response)
-        while self.waiting and not self.busy and self.transport is not None:
+        self._drain_waiting()
+
+    def _drain_waiting(self) -> None:
+        while (
+            self.waiting and not self.busy and not self.write_paused and self.transport is not None
+        ):
             self._start(self.waiting.popleft())
         if self.paused and not self.waiting and self.transport is not None:
             self.paused = False
-            self.transport.resume_reading()
+            if not self.write_paused:
+                self.transport.resume_reading()
 
     def _send(self, request: Request, response: Response) -> None:
         transport = self.transport
@@ -237,7 +303,7 @@ class HttpConnection(asyncio.Protocol):
                 parts += [name, b": ", value, b"\r\n"]
         if not keep:
             parts.append(b"connection: close\r\n")
-        parts += [b"\r\n", body]
+        parts += [b"\r\n", b"" if request.method == b"HEAD" else body]
         transport.write(b"".join(parts))
         self.last_active = time.monotonic()
         if not keep:
@@ -275,6 +341,29 @@ class HttpConnection(asyncio.Protocol):
     def idle(self) -> bool:
         return not self.busy and not self.in_message and not self.waiting
 
+    @property
+    def unanswered(self) -> bool:
+        """Whether a received request still waits for its answer (a request still being read
+        is not received yet)."""
+        return self.busy or bool(self.waiting)
+
+    def overdue(self, now: float) -> str | None:
+        """Why this connection is past a read timeout, or None."""
+        server = self.server
+        if self.discarding or self.unanswered:
+            return None
+        if (
+            self.reading_head
+            and self.in_message
+            and now - self.head_started > server.header_timeout
+        ):
+            return f"the request head did not arrive within {server.header_timeout:g} s"
+        if self.body_started is not None and now - self.last_active > server.body_timeout:
+            return f"the request body stalled for {server.body_timeout:g} s"
+        if self.idle and now - self.last_active > server.keepalive_timeout:
+            return ""  # idle keep-alive connection: closed without an answer
+        return None
+
     def start_closing(self) -> None:
         self.closing = True
 
@@ -286,11 +375,21 @@ class HttpServer:
         max_body: int = 64 * 1024 * 1024,
         keepalive_timeout: float = 75.0,
         linger: float = 2.0,
+        header_timeout: float = 10.0,
+        body_timeout: float = 30.0,
+        max_head_bytes: int = 64 * 1024,
+        max_url_bytes: int = 16 * 1024,
+        max_headers: int = 100,
     ) -> None:
         self.handler = handler
         self.max_body = max_body
         self.keepalive_timeout = keepalive_timeout
         self.linger = linger
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.max_head_bytes = max_head_bytes
+        self.max_url_bytes = max_url_bytes
+        self.max_headers = max_headers
         self.connections: set[HttpConnection] = set()
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -305,12 +404,16 @@ class HttpServer:
         return int(sock.getsockname()[1])
 
     async def _sweep(self) -> None:
+        period = min(5.0, self.keepalive_timeout, self.header_timeout, self.body_timeout) / 2
         while True:
-            await asyncio.sleep(min(5.0, self.keepalive_timeout))
+            await asyncio.sleep(period)
             now = time.monotonic()
             for conn in list(self.connections):
-                if conn.idle and now - conn.last_active > self.keepalive_timeout:
+                why = conn.overdue(now)
+                if why == "":
                     conn._abort()
+                elif why is not None:
+                    conn._refuse(408, why)
 
     async def stop(self, timeout: float, idle_grace: float = 0.5) -> None:
         """Stop accepting, answer what was received, then close every connection."""
@@ -325,10 +428,14 @@ class HttpServer:
         while self.connections and time.monotonic() < deadline:
             now = time.monotonic()
             for conn in list(self.connections):
-                if conn.idle and now >= grace_end:
+                # A request still being read (a stalled head or body) was never received: it
+                # does not hold the shutdown up any more than an idle connection does.
+                if not conn.unanswered and now >= grace_end:
                     conn._abort()
             await asyncio.sleep(0.01)
         for conn in list(self.connections):
             conn._abort()
+        # Let the closed transports release their sockets before the loop may end.
+        await asyncio.sleep(0)
         if self._sweeper is not None:
             self._sweeper.cancel()

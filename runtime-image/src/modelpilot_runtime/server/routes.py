@@ -28,7 +28,8 @@ from urllib.parse import unquote
 import orjson
 
 from modelpilot_runtime import __version__
-from modelpilot_runtime.errors import InferenceError, RejectedError
+from modelpilot_runtime.config import version_sort_key
+from modelpilot_runtime.errors import BackendError, InferenceError, RejectedError
 from modelpilot_runtime.metrics import HTTP_V2, TF_REST, UNKNOWN_MODEL, Metrics
 from modelpilot_runtime.repository.model import ServedVersion
 from modelpilot_runtime.server import tfserving, v2
@@ -59,8 +60,29 @@ def _json(status: int, doc: Any) -> Response:
 OK_TRUE = Response(200, b"")
 
 
+def _int_or_zero(value: bytes) -> int:
+    """A header's number for a size check (v2.decode refuses a malformed one with 400)."""
+    return int(value) if value.isdigit() and len(value) <= 18 else 0
+
+
+def as_inference_error(exc: BaseException, model: str) -> InferenceError:
+    """Any exception of a request as the error to answer with: an unexpected one is the
+    server's fault, a 500, logged with its traceback."""
+    if isinstance(exc, InferenceError):
+        return exc
+    log.error("%s: unexpected error answering a request", model, exc_info=exc)
+    return BackendError(f"internal error: {type(exc).__name__}: {exc}")
+
+
 class Outcomes:
-    """Counts answers by (model, version, protocol, code) with label children bound once."""
+    """The one place where inference requests are counted: every request once, with the code
+    it was answered with, on every protocol.
+
+    Rejections (429/503: a full queue, a timeout, a model not ready, shutdown) are counted in
+    `inference_requests_total` with their code and in `inference_rejected_total`, but kept out
+    of `inference_request_duration_seconds`: their durations are not service times, and a
+    version shedding load must not look faster for it.
+    """
 
     def __init__(self, metrics: Metrics, repository: ModelRepository) -> None:
         self.metrics = metrics
@@ -70,9 +92,21 @@ class Outcomes:
     def done(
         self, served: ServedVersion | None, model: str, protocol: str, code: int, started: float
     ) -> None:
+        self._count(served, model, protocol, code, observe=True, started=started)
+
+    def _count(
+        self,
+        served: ServedVersion | None,
+        model: str,
+        protocol: str,
+        code: int,
+        observe: bool,
+        started: float,
+    ) -> None:
         if served is not None:
             key = (served.model, served.version, protocol, code)
-            served.vm.request_duration.observe(time.perf_counter() - started)
+            if observe:
+                served.vm.request_duration.observe(time.perf_counter() - started)
         else:
             # Only names the repository knows become label values: clients cannot grow the series.
             key = (model if model in self.repository.models else UNKNOWN_MODEL, "", protocol, code)
@@ -84,27 +118,34 @@ class Outcomes:
 
     def failed(
         self,
-        exc: InferenceError,
+        exc: BaseException,
         served: ServedVersion | None,
         model: str,
         protocol: str,
         started: float,
-    ) -> None:
-        if isinstance(exc, RejectedError):
+    ) -> InferenceError:
+        """Count a failed request; the error to answer with (see `as_inference_error`)."""
+        error = as_inference_error(exc, model)
+        rejected = isinstance(error, RejectedError)
+        if isinstance(error, RejectedError):
             labels = (
                 (served.model, served.version)
                 if served
                 else (model if model in self.repository.models else UNKNOWN_MODEL, "")
             )
-            self.metrics.rejected.labels(*labels, exc.reason).inc()
-        elif exc.status >= 500:
-            log.warning("%s: %s", model, exc.message)
-        self.done(served, model, protocol, exc.status, started)
+            self.metrics.rejected.labels(*labels, error.reason).inc()
+        elif error.status >= 500:
+            log.warning("%s: %s", model, error.message)
+        self._count(served, model, protocol, error.status, observe=not rejected, started=started)
+        return error
 
 
 class HttpApi:
-    def __init__(self, runtime: RuntimeState) -> None:
+    def __init__(self, runtime: RuntimeState, max_json_bytes: int = 16 * 1024 * 1024) -> None:
         self.rt = runtime
+        # A JSON body takes about 13 times its size in memory once parsed into Python
+        # objects: JSON requests get a lower limit than binary ones (--max-body-bytes).
+        self.max_json_bytes = max_json_bytes
         self.repo = runtime.repository
         self.metrics = runtime.metrics
         self.outcomes = runtime.outcomes
@@ -161,6 +202,9 @@ class HttpApi:
         if len(tail) >= 2 and tail[0] == "versions":
             version = unquote(tail[1])
             tail = tail[2:]
+            if not version:
+                # Not the default version: a client that meant one must not get another.
+                return Response.error(404, "empty version in the path")
         if not name:
             return Response.error(404, "no model name in the path")
         action = tail[0] if len(tail) == 1 else ("" if not tail else None)
@@ -186,7 +230,8 @@ class HttpApi:
         meta = served.metadata()
         if version is None:
             meta["versions"] = sorted(
-                v for v, s in self.repo.models.get(name, {}).items() if s.ready
+                (v for v, s in self.repo.models.get(name, {}).items() if s.ready),
+                key=version_sort_key,
             )
         return _json(200, meta)
 
@@ -203,14 +248,14 @@ class HttpApi:
         except InferenceError as exc:
             return Response.error(exc.status, exc.message)
         batching = served.config.batching
-        batchable = served.info is not None and served.info.batchable
+        batched = batching.enabled and served.info is not None and served.info.batchable
 
         def tensors(specs: list[Any]) -> list[dict[str, Any]]:
             return [
                 {
                     "name": s.name,
                     "data_type": TRITON_TYPES[s.datatype],
-                    "dims": list(s.shape[1:] if batchable else s.shape),
+                    "dims": list(s.shape[1:] if batched else s.shape),
                 }
                 for s in specs
             ]
@@ -221,7 +266,9 @@ class HttpApi:
                 "name": name,
                 "platform": "onnxruntime_onnx",
                 "backend": "onnxruntime",
-                "max_batch_size": batching.max_batch_size if batchable else 0,
+                # 0 when the server does not batch: dims then include the batch dimension
+                # (-1), as Triton reads it; any batch size is taken.
+                "max_batch_size": batching.max_batch_size if batched else 0,
                 "input": tensors(served.input_specs),
                 "output": tensors(served.output_specs),
             },
@@ -233,13 +280,16 @@ class HttpApi:
         served: ServedVersion | None = None
         try:
             served = self.repo.get(name, version)
-            parsed = v2.decode(req.body, req.headers.get(b"inference-header-content-length"))
+            header_length = req.headers.get(b"inference-header-content-length")
+            self._check_json_size(
+                len(req.body) if header_length is None else _int_or_zero(header_length)
+            )
+            parsed = v2.decode(req.body, header_length)
             if served.fast:
                 results = served.infer_now(parsed.inputs, parsed.outputs)
                 return self._v2_answer(served, parsed, results, req.started)
-        except InferenceError as exc:
-            self.outcomes.failed(exc, served, name, HTTP_V2, req.started)
-            return Response.error(exc.status, exc.message)
+        except Exception as exc:
+            return self._failed(exc, served, name, HTTP_V2, req.started)
         return self._v2_infer_async(served, parsed, req.started)
 
     async def _v2_infer_async(
@@ -247,10 +297,29 @@ class HttpApi:
     ) -> Response:
         try:
             results = await served.infer(parsed.inputs, parsed.outputs)
-        except InferenceError as exc:
-            self.outcomes.failed(exc, served, served.model, HTTP_V2, started)
-            return Response.error(exc.status, exc.message)
-        return self._v2_answer(served, parsed, results, started)
+            return self._v2_answer(served, parsed, results, started)
+        except Exception as exc:
+            return self._failed(exc, served, served.model, HTTP_V2, started)
+
+    def _check_json_size(self, size: int) -> None:
+        if size > self.max_json_bytes:
+            raise InferenceError(
+                f"JSON of {size} bytes is over the {self.max_json_bytes} byte limit for JSON "
+                "(--max-json-bytes); send large tensors as binary data "
+                "(Inference-Header-Content-Length)",
+                413,
+            )
+
+    def _failed(
+        self,
+        exc: Exception,
+        served: ServedVersion | None,
+        model: str,
+        protocol: str,
+        started: float,
+    ) -> Response:
+        error = self.outcomes.failed(exc, served, model, protocol, started)
+        return Response.error(error.status, error.message)
 
     def _v2_answer(
         self,
@@ -259,6 +328,7 @@ class HttpApi:
         results: dict[str, Any],
         started: float,
     ) -> Response:
+        # Encoded before it is counted: an encoding failure is counted once, as its 500.
         body, header_length = v2.encode(served.model, served.version, parsed, results)
         self.outcomes.done(served, served.model, HTTP_V2, 200, started)
         if header_length is None:
@@ -280,6 +350,8 @@ class HttpApi:
         if len(tail) >= 2 and tail[0] == "versions":
             version = unquote(tail[1])
             tail = tail[2:]
+            if not version:
+                return Response.error(404, "empty version in the path")
         if verb:
             if verb != "predict" or tail:
                 return Response.error(
@@ -376,14 +448,15 @@ class HttpApi:
         served: ServedVersion | None = None
         try:
             served = self.repo.get(name, version)
+            self._check_json_size(len(req.body))
             inputs, rows_format = tfserving.decode(req.body, served.input_specs)
             if served.fast:
                 results = served.infer_now(inputs, None)
+                body = tfserving.encode(results, rows_format)
                 self.outcomes.done(served, name, TF_REST, 200, req.started)
-                return Response(200, tfserving.encode(results, rows_format))
-        except InferenceError as exc:
-            self.outcomes.failed(exc, served, name, TF_REST, req.started)
-            return Response.error(exc.status, exc.message)
+                return Response(200, body)
+        except Exception as exc:
+            return self._failed(exc, served, name, TF_REST, req.started)
         return self._tfs_predict_async(served, inputs, rows_format, req.started)
 
     async def _tfs_predict_async(
@@ -391,11 +464,11 @@ class HttpApi:
     ) -> Response:
         try:
             results = await served.infer(inputs, None)
-        except InferenceError as exc:
-            self.outcomes.failed(exc, served, served.model, TF_REST, started)
-            return Response.error(exc.status, exc.message)
+            body = tfserving.encode(results, rows_format)
+        except Exception as exc:
+            return self._failed(exc, served, served.model, TF_REST, started)
         self.outcomes.done(served, served.model, TF_REST, 200, started)
-        return Response(200, tfserving.encode(results, rows_format))
+        return Response(200, body)
 
 
 class RuntimeState:

@@ -18,6 +18,8 @@ from modelpilot_runtime.tensors import (
     check_shape,
     element_count,
     json_default,
+    json_to_array,
+    may_hold_bools,
     raw_to_array,
     v2_datatype_of,
     v2_dtype,
@@ -35,29 +37,10 @@ class InferRequest:
         self.binary_all = False
 
 
-def _json_array(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...], where: str) -> Array:
-    if not isinstance(data, list):
-        raise BadRequestError(f"{where}: 'data' must be a list")
-    try:
-        if dtype.kind == "O":
-            arr = np.array(data, dtype=object)
-            flat = arr.ravel()
-            for i, item in enumerate(flat):
-                if isinstance(item, str):
-                    flat[i] = item.encode()
-                elif not isinstance(item, bytes):
-                    raise BadRequestError(f"{where}: BYTES data must be strings")
-        elif dtype.kind == "b":
-            arr = np.array(data)
-            if arr.size and arr.dtype != np.bool_:
-                raise BadRequestError(f"{where}: BOOL data must be true or false")
-            arr = arr.astype(np.bool_, copy=False)
-        else:
-            arr = np.array(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise BadRequestError(
-            f"{where}: 'data' does not fit datatype {dtype.name}: {exc}"
-        ) from None
+def _json_array(
+    data: Any, datatype: str, shape: tuple[int, ...], where: str, maybe_bools: bool
+) -> Array:
+    arr = json_to_array(data, datatype, where, maybe_bools)
     count = element_count(shape)
     if arr.size != count:
         raise BadRequestError(
@@ -75,17 +58,23 @@ def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
+def _flag(params: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    value = params.get(key, default)
+    if type(value) is not bool:
+        raise BadRequestError(f"{where}: parameters.{key} must be true or false")
+    return value
+
+
 def decode(body: bytes, header_length: bytes | None) -> InferRequest:
     """Parse an infer request body; the binary part follows the JSON header when
     `header_length` (the Inference-Header-Content-Length value) is given."""
     binary: memoryview | None = None
     if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError:
+        if not header_length.isdigit() or len(header_length) > 18:
             raise BadRequestError(
-                f"Inference-Header-Content-Length {header_length!r} is not a number"
-            ) from None
+                f"Inference-Header-Content-Length {header_length[:40]!r} is not a number"
+            )
+        n = int(header_length)
         if not 0 <= n <= len(body):
             raise BadRequestError(
                 f"Inference-Header-Content-Length {n} is outside the {len(body)} byte body"
@@ -100,6 +89,7 @@ def decode(body: bytes, header_length: bytes | None) -> InferRequest:
         raise BadRequestError(f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise BadRequestError("request body must be a JSON object")
+    maybe_bools = may_hold_bools(head)
     req = InferRequest()
     rid = doc.get("id")
     if rid is not None:
@@ -107,7 +97,7 @@ def decode(body: bytes, header_length: bytes | None) -> InferRequest:
             raise BadRequestError("'id' must be a string")
         req.id = rid
     params = _params(doc, "request")
-    req.binary_all = bool(params.get("binary_data_output", False))
+    req.binary_all = _flag(params, "binary_data_output", False, "request")
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequestError("'inputs' must be a non-empty list")
@@ -142,7 +132,9 @@ def decode(body: bytes, header_length: bytes | None) -> InferRequest:
         else:
             if "data" not in item:
                 raise BadRequestError(f"{where}: needs 'data' or parameters.binary_data_size")
-            req.inputs[name] = _json_array(item["data"], dtype, shape, where)
+            req.inputs[name] = _json_array(
+                item["data"], item["datatype"], shape, where, maybe_bools
+            )
     if binary is not None and offset != len(binary):
         raise BadRequestError(
             f"{len(binary) - offset} bytes of binary data are not claimed by any input"
@@ -157,7 +149,7 @@ def decode(body: bytes, header_length: bytes | None) -> InferRequest:
                 raise BadRequestError(f"outputs[{i}] must be an object with a string 'name'")
             names.append(item["name"])
             out_params = _params(item, f"output {item['name']!r}")
-            if out_params.get("binary_data", req.binary_all):
+            if _flag(out_params, "binary_data", req.binary_all, f"output {item['name']!r}"):
                 req.binary_outputs.add(item["name"])
         req.outputs = names or None
     return req
@@ -173,12 +165,58 @@ def _json_data(arr: Array) -> Any:
     return arr.ravel()
 
 
+def non_finite_json(arr: Array, nested: bool = False) -> bytes:
+    """A float array holding NaN or infinities as a JSON list (flat, or `nested` as its
+    shape), with the tokens NaN, Infinity and -Infinity as Triton and TF Serving write them
+    (not strict JSON; Python's json, and so tritonclient, reads them back). orjson alone
+    would write null, which reads back as no value at all."""
+    values = arr.astype(np.float32) if arr.dtype == np.float16 else arr
+
+    def one(x: Any) -> bytes:
+        if np.isfinite(x):
+            return orjson.dumps(x, option=orjson.OPT_SERIALIZE_NUMPY)
+        return b"NaN" if np.isnan(x) else b"Infinity" if x > 0 else b"-Infinity"
+
+    def level(a: Array) -> bytes:
+        if a.ndim == 0:
+            return one(a[()])
+        if a.ndim == 1 or not nested:
+            return b"[" + b",".join(one(x) for x in a.ravel()) + b"]"
+        return b"[" + b",".join(level(sub) for sub in a) + b"]"
+
+    return level(values)
+
+
+def has_non_finite(arr: Array) -> bool:
+    return arr.dtype.kind == "f" and not bool(np.isfinite(arr).all())
+
+
+def with_raw_json(head: bytes, raw: dict[str, bytes]) -> bytes:
+    """`head` with each placeholder string in `raw` replaced by its raw JSON text."""
+    for placeholder, text in raw.items():
+        head = head.replace(orjson.dumps(placeholder), text, 1)
+    return head
+
+
 def encode(
     model: str, version: str, req: InferRequest, results: dict[str, Array]
 ) -> tuple[bytes, int | None]:
     """The answer body and, when any output is binary, the JSON header's length."""
+    body, header_length = _encode(model, version, req, results, False)
+    # orjson writes NaN and infinities as null, and a float array has no other way to hold a
+    # null: only then are the outputs looked at for them (a null elsewhere, e.g. in the id,
+    # costs one more pass that changes nothing).
+    if b"null" in (body if header_length is None else body[:header_length]):
+        return _encode(model, version, req, results, True)
+    return body, header_length
+
+
+def _encode(
+    model: str, version: str, req: InferRequest, results: dict[str, Array], exact: bool
+) -> tuple[bytes, int | None]:
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
+    raw_json: dict[str, bytes] = {}
     for name, arr in results.items():
         entry: dict[str, Any] = {
             "name": name,
@@ -189,6 +227,10 @@ def encode(
             raw = array_to_raw(arr)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
+        elif exact and has_non_finite(arr):
+            placeholder = f"\x00non-finite {len(raw_json)}\x00"
+            raw_json[placeholder] = non_finite_json(arr)
+            entry["data"] = placeholder
         else:
             entry["data"] = _json_data(arr)
         outputs.append(entry)
@@ -196,6 +238,8 @@ def encode(
     if req.id is not None:
         doc["id"] = req.id
     head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY, default=json_default)
+    if raw_json:
+        head = with_raw_json(head, raw_json)
     if not chunks:
         return head, None
     return b"".join([head, *chunks]), len(head)
