@@ -11,9 +11,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RUNS = (
-    ("burst", "300 created at once"),
-    ("paced", "300 created at 2/s"),
-    ("pods", "20 created at 2/s, pods start"),
+    ("burst", "burst\n300 at once"),
+    ("paced", "paced\n300 at 2/s"),
+    ("pods", "pods start\n20 at 2/s"),
 )
 
 
