@@ -37,9 +37,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import stats
+
+if TYPE_CHECKING:
+    from scipy import stats
+else:
+    from ._lazy import scipy_stats as stats
 
 # Grid step as a share of the smallest look's standard deviation, and how many standard
 # deviations the grid and the kernels reach. The grid puts each look's crossing probability

@@ -10,9 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import stats
+
+if TYPE_CHECKING:
+    from scipy import stats
+else:
+    from ._lazy import scipy_stats as stats
 
 Buckets = Sequence[tuple[float, float]]  # (upper bound "le", cumulative count), any order
 
