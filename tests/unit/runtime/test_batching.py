@@ -77,7 +77,8 @@ def test_batches_are_formed_and_split_back() -> None:
         return list(results)
 
     results = run(scenario())
-    # Six requests, at most four rows a batch: one full batch at once, the rest after the delay.
+    # Six requests, at most four rows a batch: one full batch, then the rest at once (nothing
+    # more arrives, so they do not wait for the delay).
     assert backend.batches == [4, 2]
     for i, result in enumerate(results):
         np.testing.assert_array_equal(result["y"], rows(10 * i)["x"] * 2)
@@ -429,3 +430,144 @@ def test_a_failed_batch_worker_answers_503_and_is_restarted() -> None:
     assert failed.reason == "worker_failed"
     np.testing.assert_array_equal(result["y"], rows(1)["x"] * 2)
     assert restarts == 1
+
+
+# -- adaptive batching: when the batcher waits and when it does not ---------------------------
+# These count loop turns and read the dispatch reason; none measures wall time. A batcher that
+# waited for its 60 s delay would not be done within the turns given.
+
+LONG_DELAY = BatchingSettings(max_batch_size=32, max_delay_ms=60_000)
+
+
+async def turns(n: int) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def test_a_lone_request_runs_at_once_not_after_the_delay() -> None:
+    backend = DoublingBackend()
+    runner, _ = make_runner(backend)
+
+    async def scenario() -> DynamicBatcher:
+        batcher = DynamicBatcher(runner, LONG_DELAY)
+        batcher.start()
+        for i in range(3):  # one request at a time, each answered before the next is sent
+            job = asyncio.ensure_future(batcher.submit(rows(i), None, 1))
+            await turns(6)
+            assert job.done(), "a lone request waited for max_delay"
+            np.testing.assert_array_equal(job.result()["y"], rows(i)["x"] * 2)
+        await batcher.close()
+        return batcher
+
+    batcher = run(scenario())
+    assert backend.batches == [1, 1, 1]
+    assert batcher.dispatched == {"idle": 3}
+    assert batcher.last_dispatch == "idle"
+
+
+def test_requests_sent_together_to_an_idle_model_run_together_at_once() -> None:
+    backend = DoublingBackend()
+    runner, _ = make_runner(backend)
+
+    async def scenario() -> DynamicBatcher:
+        batcher = DynamicBatcher(runner, LONG_DELAY)
+        batcher.start()
+        jobs = [asyncio.ensure_future(batcher.submit(rows(i), None, 1)) for i in range(5)]
+        await turns(6)
+        assert all(job.done() for job in jobs)
+        await batcher.close()
+        return batcher
+
+    batcher = run(scenario())
+    assert backend.batches == [5]
+    assert batcher.dispatched == {"idle": 1}
+
+
+def test_requests_that_came_while_the_model_was_busy_run_as_soon_as_it_is_free() -> None:
+    backend = DoublingBackend()
+    backend.gate.clear()
+    runner, _ = make_runner(backend, inline=False)
+
+    async def scenario() -> DynamicBatcher:
+        batcher = DynamicBatcher(runner, LONG_DELAY)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(rows(0), None, 1))
+        while not batcher._running:
+            await asyncio.sleep(0.001)
+        later = [asyncio.ensure_future(batcher.submit(rows(i), None, 1)) for i in (1, 2, 3)]
+        await turns(3)
+        backend.gate.set()
+        # Bounded by the test's timeout only: waiting out the 60 s delay would fail it.
+        await asyncio.wait_for(asyncio.gather(first, *later), 30)
+        await batcher.close()
+        return batcher
+
+    batcher = run(scenario())
+    assert backend.batches == [1, 3]
+    assert batcher.dispatched == {"idle": 1, "busy": 1}
+
+
+def test_while_requests_keep_arriving_the_batch_waits_for_them() -> None:
+    backend = DoublingBackend()
+    runner, _ = make_runner(backend)
+
+    async def scenario() -> DynamicBatcher:
+        batcher = DynamicBatcher(runner, LONG_DELAY)
+        batcher.start()
+        jobs: list[asyncio.Future[dict[str, Array]]] = []
+        for i in range(8):  # one more request every loop turn, then none
+            jobs.append(asyncio.ensure_future(batcher.submit(rows(i), None, 1)))
+            await asyncio.sleep(0)
+        await turns(6)
+        assert all(job.done() for job in jobs)
+        await batcher.close()
+        return batcher
+
+    batcher = run(scenario())
+    # The first turn saw a second request arrive: the batcher kept waiting while they came,
+    # and ran them all once a turn brought none.
+    assert backend.batches == [8]
+    assert batcher.dispatched == {"quiet": 1}
+
+
+def test_arrivals_stop_waiting_when_the_batch_is_full() -> None:
+    backend = DoublingBackend()
+    runner, _ = make_runner(backend)
+
+    async def scenario() -> DynamicBatcher:
+        batcher = DynamicBatcher(runner, BatchingSettings(max_batch_size=4, max_delay_ms=60_000))
+        batcher.start()
+        jobs: list[asyncio.Future[dict[str, Array]]] = []
+        for i in range(4):
+            jobs.append(asyncio.ensure_future(batcher.submit(rows(i), None, 1)))
+            await asyncio.sleep(0)
+        await turns(6)
+        assert all(job.done() for job in jobs)
+        await batcher.close()
+        return batcher
+
+    batcher = run(scenario())
+    assert backend.batches == [4]
+    assert batcher.dispatched == {"full": 1}
+
+
+def test_requests_arriving_without_pause_wait_at_most_max_delay() -> None:
+    backend = DoublingBackend()
+    runner, _ = make_runner(backend)
+
+    async def scenario() -> tuple[DynamicBatcher, int]:
+        batcher = DynamicBatcher(runner, BatchingSettings(max_batch_size=10_000, max_delay_ms=1))
+        batcher.start()
+        jobs: list[asyncio.Future[dict[str, Array]]] = []
+        while not batcher.dispatched:  # a new request every loop turn, until a batch runs
+            jobs.append(asyncio.ensure_future(batcher.submit(rows(len(jobs)), None, 1)))
+            await asyncio.sleep(0)
+        await asyncio.gather(*jobs)
+        await batcher.close()
+        return batcher, len(jobs)
+
+    batcher, sent = run(scenario())
+    # The first batch gathered the requests of many turns and was cut by the delay.
+    assert next(iter(batcher.dispatched)) == "delay"  # the first batch dispatched
+    assert backend.batches[0] > 1
+    assert sum(backend.batches) == sent
