@@ -19,7 +19,7 @@ from modelpilot_runtime.config import BatchingSettings
 from modelpilot_runtime.errors import BackendError, RejectedError
 from modelpilot_runtime.metrics import Metrics
 from modelpilot_runtime.tensors import Array, TensorSpec
-from tests.unit.runtime.conftest import run_server
+from tests.unit.runtime.conftest import run_server, send_while_held
 
 
 class DoublingBackend:
@@ -208,49 +208,24 @@ def test_direct_scheduler_bounds_requests_in_flight() -> None:
 
 def test_batching_through_the_server(sample_repo: Path) -> None:
     defaults = {"batching": {"max_batch_size": 16, "max_delay_ms": 30}}
+
+    def body(i: int) -> dict[str, Any]:
+        return {"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [i] * 8}]}
+
     with run_server(models={"tiny": sample_repo / "tiny"}, model_defaults=defaults) as srv:
-
-        async def burst() -> list[httpx.Response]:
-            async with httpx.AsyncClient(base_url=srv.url) as client:
-                bodies = [
-                    {
-                        "inputs": [
-                            {
-                                "name": "input",
-                                "shape": [1, 8],
-                                "datatype": "FP32",
-                                "data": [float(i)] * 8,
-                            }
-                        ]
-                    }
-                    for i in range(12)
-                ]
-                return list(
-                    await asyncio.gather(
-                        *(client.post("/v2/models/tiny/infer", json=b) for b in bodies)
-                    )
-                )
-
-        responses = asyncio.run(burst())
+        # The requests reach the server together, as they would behind a busy model, and
+        # share batches. (Requests that reach an idle model one by one run one by one: see
+        # the tests above.)
+        held = send_while_held(srv, "/v2/models/tiny/infer", [body(i) for i in range(12)])
+        assert all(status == 200 for status, _ in held)
+        answers = [doc["outputs"][0]["data"] for _, doc in held]
         with httpx.Client(base_url=srv.url) as client:
             single = [
-                client.post(
-                    "/v2/models/tiny/infer",
-                    json={
-                        "inputs": [
-                            {
-                                "name": "input",
-                                "shape": [1, 8],
-                                "datatype": "FP32",
-                                "data": [float(i)] * 8,
-                            }
-                        ]
-                    },
-                ).json()["outputs"][0]["data"]
+                client.post("/v2/models/tiny/infer", json=body(i)).json()["outputs"][0]["data"]
                 for i in range(12)
             ]
             metrics = client.get("/metrics").text
-    assert [r.json()["outputs"][0]["data"] for r in responses] == single
+    assert answers == single
     count = [
         line
         for line in metrics.splitlines()

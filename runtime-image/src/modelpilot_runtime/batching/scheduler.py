@@ -280,8 +280,8 @@ class DynamicBatcher:
         self._rows += rows
         m = self.runner.metrics
         m.pending.inc()
-        # Wake the worker when it waits for a first request, or for a batch that is now full.
-        if self._queued == 1 or self._rows >= self.max_batch:
+        # Wake the worker when it sleeps for want of requests.
+        if self._queued == 1:
             self._wake()
         try:
             return await future
@@ -301,18 +301,13 @@ class DynamicBatcher:
             "timeout",
         )
 
-    async def _wait(self, deadline: float | None) -> None:
-        loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
-        handle = None
-        if deadline is not None:
-            handle = loop.call_at(loop.time() + max(0.0, deadline - time.monotonic()), self._wake)
+    async def _wait(self) -> None:
+        """Sleep until `submit` or `close` wakes the worker."""
+        self._waiter = asyncio.get_running_loop().create_future()
         try:
             await self._waiter
         finally:
             self._waiter = None
-            if handle is not None:
-                handle.cancel()
 
     async def _work(self) -> None:
         while True:
@@ -320,7 +315,7 @@ class DynamicBatcher:
                 self._queue.clear()  # only entries that timed out or whose client went away
                 if self._closed:
                     return
-                await self._wait(None)
+                await self._wait()
                 continue
             reason = await self._gather()
             batch = self._take()
