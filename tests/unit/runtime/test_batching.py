@@ -489,10 +489,11 @@ def test_while_requests_keep_arriving_the_batch_waits_for_them() -> None:
     async def scenario() -> DynamicBatcher:
         batcher = DynamicBatcher(runner, LONG_DELAY)
         batcher.start()
-        jobs: list[asyncio.Future[dict[str, Array]]] = []
-        for i in range(8):  # one more request every loop turn, then none
-            jobs.append(asyncio.ensure_future(batcher.submit(rows(i), None, 1)))
+        # Two requests together (not a lone one), then one more every loop turn, then none.
+        jobs = [asyncio.ensure_future(batcher.submit(rows(i), None, 1)) for i in (0, 1)]
+        for i in range(2, 8):
             await asyncio.sleep(0)
+            jobs.append(asyncio.ensure_future(batcher.submit(rows(i), None, 1)))
         await turns(6)
         assert all(job.done() for job in jobs)
         await batcher.close()
@@ -512,10 +513,10 @@ def test_arrivals_stop_waiting_when_the_batch_is_full() -> None:
     async def scenario() -> DynamicBatcher:
         batcher = DynamicBatcher(runner, BatchingSettings(max_batch_size=4, max_delay_ms=60_000))
         batcher.start()
-        jobs: list[asyncio.Future[dict[str, Array]]] = []
-        for i in range(4):
-            jobs.append(asyncio.ensure_future(batcher.submit(rows(i), None, 1)))
+        jobs = [asyncio.ensure_future(batcher.submit(rows(i), None, 1)) for i in (0, 1)]
+        for i in (2, 3):
             await asyncio.sleep(0)
+            jobs.append(asyncio.ensure_future(batcher.submit(rows(i), None, 1)))
         await turns(6)
         assert all(job.done() for job in jobs)
         await batcher.close()
@@ -534,9 +535,10 @@ def test_requests_arriving_without_pause_wait_at_most_max_delay() -> None:
         batcher = DynamicBatcher(runner, BatchingSettings(max_batch_size=10_000, max_delay_ms=1))
         batcher.start()
         jobs: list[asyncio.Future[dict[str, Array]]] = []
+        jobs += [asyncio.ensure_future(batcher.submit(rows(i), None, 1)) for i in (0, 1)]
         while not batcher.dispatched:  # a new request every loop turn, until a batch runs
-            jobs.append(asyncio.ensure_future(batcher.submit(rows(len(jobs)), None, 1)))
             await asyncio.sleep(0)
+            jobs.append(asyncio.ensure_future(batcher.submit(rows(len(jobs)), None, 1)))
         await asyncio.gather(*jobs)
         await batcher.close()
         return batcher, len(jobs)

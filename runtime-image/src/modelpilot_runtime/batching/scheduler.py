@@ -176,7 +176,7 @@ class _Waiting:
 
 
 # Why the batcher dispatched a batch (`DynamicBatcher.dispatched` counts them).
-IDLE = "idle"  # the model was idle and no more requests arrived in one loop turn
+IDLE = "idle"  # the model was idle and nothing else was queued, or arrived in one loop turn
 BUSY = "busy"  # requests that arrived while the model was busy, run as soon as it was free
 FULL = "full"  # `max_batch_size` rows were waiting
 QUIET = "quiet"  # requests were arriving, then a loop turn brought none
@@ -310,14 +310,16 @@ class DynamicBatcher:
             self._waiter = None
 
     async def _work(self) -> None:
+        woken = False  # the worker slept for want of requests and was woken by one
         while True:
             if not self._queued:
                 self._queue.clear()  # only entries that timed out or whose client went away
                 if self._closed:
                     return
                 await self._wait()
+                woken = True
                 continue
-            reason = await self._gather()
+            reason = await self._gather(woken)
             batch = self._take()
             if batch:
                 self.dispatched[reason] += 1
@@ -325,20 +327,25 @@ class DynamicBatcher:
                 self._running = batch
                 await self._run(batch)
                 self._running = []
+            woken = False
 
-    async def _gather(self) -> str:
+    async def _gather(self, woken: bool) -> str:
         """Wait as long as waiting is likely to pay, and say why it stopped.
 
-        The first loop turn is always taken: it sends the answers of the batch that just ran
-        (an inline model holds the loop while it runs) and lets the requests read in the same
-        poll join. After it, a batch is run at once if it is full, if its requests came while
-        the model was busy (they have waited for that batch already), or if the turn brought
-        no new request (the model is idle and nothing else is arriving: a lone request does
-        not wait for `max_delay`). Only while every turn brings more requests does the batch
-        wait for them, until it is full, a turn brings none, or the oldest request has waited
-        `max_delay` (with `max_delay` 0, one turn only). Turns are not timers: a turn with
-        nothing to read costs a poll of the sockets, not a sleep.
+        A lone request that woke the worker (the model idle, nothing else queued) runs at
+        once: the worker runs a loop turn after the request's own, so every request read in
+        the same poll has joined the queue by then. Otherwise one loop turn is taken first:
+        it sends the answers of the batch that just ran (an inline model holds the loop while
+        it runs) and lets the requests read in the next poll join. After it, a batch is run
+        at once if it is full, if its requests came while the model was busy (they have
+        waited for that batch already), or if the turn brought no new request. Only while
+        every turn brings more requests does the batch wait for them, until it is full, a
+        turn brings none, or the oldest request has waited `max_delay` (with `max_delay` 0,
+        one turn only). Turns are not timers: a turn with nothing to read costs a poll of the
+        sockets, not a sleep.
         """
+        if woken and self._queued == 1 and not self._closed:
+            return IDLE
         arrivals = self._arrivals
         await asyncio.sleep(0)
         if self._rows >= self.max_batch:
