@@ -6,7 +6,9 @@ One model (tiny by default), two servers started together on the server core (`r
 fixed split: server on core 1, wrk on core 0, onnxruntime with one thread): one without
 batching and one with the adaptive batcher (`--max-batch-size 32 --max-batch-delay-ms 2`).
 At every concurrency the two are measured one right after the other, so both see the same
-neighbours. Writes curve.json and curve.png here and prints, last, the ratios the goals
+neighbours. `--baseline REV` adds a third server, batched with the same flags, from the
+runtime as it was at git revision REV (for example the fixed-delay batcher before the
+adaptive one). Writes curve.json and curve.png here and prints, last, the ratios the goals
 are read from: batched over unbatched p50 at concurrency 1, and each side's requests per
 second (wall clock, and per CPU-second of the server) over the in-process batch-1 ceiling.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +52,45 @@ def measure(
     return result
 
 
+def start_baseline(
+    rev: str, model: str, repo: Path, flags: list[str], work: Path
+) -> tuple[Any, str, str]:
+    """A server from the runtime's sources at `rev` (extracted with git archive), run by this
+    interpreter with those sources first on the path."""
+    src = work / "baseline"
+    src.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(bench.ROOT), "archive", rev, "runtime-image/src"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    http_port, grpc_port = bench.free_port(), bench.free_port()
+    cmd = [
+        "taskset", "-c", bench.SERVER_CORE, sys.executable, "-m", "modelpilot_runtime",
+        "--log-level", "warning", "serve",
+        "--model", f"{model}={repo / model}", "--host", "127.0.0.1",
+        "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+        "--intra-op-threads", "1", "--inter-op-threads", "1", "--poll-interval", "0",
+        "--max-queue", "1024", *flags,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(src / "runtime-image/src")}
+    with (work / "baseline.log").open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{http_port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if bench.httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                return proc, url, f"127.0.0.1:{grpc_port}"
+        except bench.httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise SystemExit(f"baseline server did not become ready; see {work / 'baseline.log'}")
+
+
 def plot(rows: list[dict[str, Any]], ceiling_rps: float, model: str, path: Path) -> None:
     import matplotlib
 
@@ -56,8 +98,11 @@ def plot(rows: list[dict[str, Any]], ceiling_rps: float, model: str, path: Path)
     import matplotlib.pyplot as plt
 
     fig, (ax_rps, ax_lat) = plt.subplots(1, 2, figsize=(11, 4))
-    for side, style in (("unbatched", "o-"), ("batched", "s--")):
+    styles = {"unbatched": "o-", "batched": "s--", "batched, baseline": "^:"}
+    for side, style in styles.items():
         pts = sorted((r["concurrency"], r) for r in rows if r["side"] == side)
+        if not pts:
+            continue
         xs = [c for c, _ in pts]
         ax_rps.plot(xs, [r["rps"] for _, r in pts], style, label=side)
         ax_lat.plot(xs, [r["p50_us"] / 1000 for _, r in pts], style, label=f"{side} p50")
@@ -87,6 +132,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--baseline", metavar="REV", help="also the batched runtime at REV")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="modelpilot-curve-"))
@@ -104,6 +150,14 @@ def main() -> None:
                 args.model, repo, flags, work / f"{side}.log"
             )
             servers[side] = (proc, bench.Target(args.model, url, grpc_target, bodies, ""))
+        if args.baseline:
+            proc, url, grpc_target = start_baseline(
+                args.baseline, args.model, repo, SIDES["batched"], work
+            )
+            servers["batched, baseline"] = (
+                proc,
+                bench.Target(args.model, url, grpc_target, bodies, ""),
+            )
         rows: list[dict[str, Any]] = []
         for conc in map(int, args.concurrency.split(",")):
             for side, (proc, target) in servers.items():
@@ -131,6 +185,7 @@ def main() -> None:
         "model": args.model,
         "protocol": args.protocol,
         "batched_flags": SIDES["batched"],
+        "baseline": args.baseline,
         "ceiling_b1": b1,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -156,10 +211,11 @@ def main() -> None:
         f"in-process batch-1 ceiling: {b1['rows_per_s']:,.0f} rows/s, "
         f"{b1['rows_per_cpu_s']:,.0f} rows per CPU-second, p50 {b1['p50_us']:.1f} µs"
     )
-    if ("batched", 1) in by and ("unbatched", 1) in by:
-        ratio = by["batched", 1]["p50_us"] / by["unbatched", 1]["p50_us"]
-        print(f"c=1 p50, batched / unbatched: {ratio:.2f} (goal <= 1.2)")
-    for side in SIDES:
+    for side in ("batched", "batched, baseline"):
+        if (side, 1) in by and ("unbatched", 1) in by:
+            ratio = by[side, 1]["p50_us"] / by["unbatched", 1]["p50_us"]
+            print(f"c=1 p50, {side} / unbatched: {ratio:.2f} (goal <= 1.2)")
+    for side in servers:
         top = max(r["concurrency"] for r in rows)
         r = by.get((side, 64)) or by[side, top]
         print(
