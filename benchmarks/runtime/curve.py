@@ -98,16 +98,27 @@ def plot(rows: list[dict[str, Any]], ceiling_rps: float, model: str, path: Path)
     import matplotlib.pyplot as plt
 
     fig, (ax_rps, ax_lat) = plt.subplots(1, 2, figsize=(11, 4))
-    styles = {"unbatched": "o-", "batched": "s--", "batched, baseline": "^:"}
-    for side, style in styles.items():
+    styles = {
+        "unbatched": ("o-", "tab:blue"),
+        "batched": ("s--", "tab:orange"),
+        "batched, baseline": ("^:", "tab:green"),
+    }
+    for side, (style, color) in styles.items():
         pts = sorted((r["concurrency"], r) for r in rows if r["side"] == side)
         if not pts:
             continue
         xs = [c for c, _ in pts]
-        ax_rps.plot(xs, [r["rps"] for _, r in pts], style, label=side)
-        ax_lat.plot(xs, [r["p50_us"] / 1000 for _, r in pts], style, label=f"{side} p50")
+        ax_rps.plot(xs, [r["rps"] for _, r in pts], style, color=color, label=side)
         ax_lat.plot(
-            xs, [r["p99_us"] / 1000 for _, r in pts], style, alpha=0.35, label=f"{side} p99"
+            xs, [r["p50_us"] / 1000 for _, r in pts], style, color=color, label=f"{side} p50"
+        )
+        ax_lat.plot(
+            xs,
+            [r["p99_us"] / 1000 for _, r in pts],
+            style,
+            color=color,
+            alpha=0.3,
+            label=f"{side} p99",
         )
     ax_rps.axhline(0.2 * ceiling_rps, color="grey", ls=":", label="20% of in-process batch 1")
     for ax in (ax_rps, ax_lat):
@@ -133,7 +144,13 @@ def main() -> None:
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--baseline", metavar="REV", help="also the batched runtime at REV")
+    parser.add_argument("--plot-only", action="store_true", help="redraw curve.png from curve.json")
     args = parser.parse_args()
+    if args.plot_only:
+        saved = json.loads((args.out / "curve.json").read_text())
+        meta = saved["meta"]
+        plot(saved["rows"], meta["ceiling_b1"]["rows_per_s"], meta["model"], args.out / "curve.png")
+        return
 
     work = Path(tempfile.mkdtemp(prefix="modelpilot-curve-"))
     sys.path.insert(0, str(bench.ROOT / "runtime-image/src"))
