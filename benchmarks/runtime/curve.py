@@ -104,7 +104,7 @@ def plot(rows: list[dict[str, Any]], ceiling_rps: float, model: str, path: Path)
         "batched, baseline": ("^:", "tab:green"),
     }
     for side, (style, color) in styles.items():
-        pts = sorted((r["concurrency"], r) for r in rows if r["side"] == side)
+        pts = sorted(((r["concurrency"], r) for r in rows if r["side"] == side), key=lambda p: p[0])
         if not pts:
             continue
         xs = [c for c, _ in pts]
