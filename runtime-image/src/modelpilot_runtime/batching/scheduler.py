@@ -12,7 +12,8 @@ idle and nothing else arriving is run at once, without waiting for `max_delay`; 
 that came while the model was busy run together as soon as it is free; and while requests
 keep arriving (every event-loop turn brings more) it waits for them, until the batch is full,
 a turn brings none, or the oldest request has waited `max_delay`. So batching costs a lone
-request one event-loop turn, not the delay, and can be on by default. Requests that cannot
+request its way through the batcher (a task, the worker's turn), not the delay, and can be
+on by default. Requests that cannot
 share a batch (different inner shapes) wait for the next one. When a batch fails, its halves
 are run again (recursively), so a request the model cannot take gets its error alone and the
 others of its batch are answered. Both keep at most `max_queue` requests waiting and reject
