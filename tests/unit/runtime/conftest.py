@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
+import json
 import os
 import socket
 import subprocess
@@ -190,3 +192,25 @@ def _wait_ready(sub: Subprocess) -> Subprocess:
 
     wait_until(ready, timeout=60)
     return sub
+
+
+def send_while_held(srv: RunningServer, path: str, bodies: list[Any]) -> list[tuple[int, Any]]:
+    """POST every body (JSON) on its own connection while the server's loop is held, then let
+    it go and read the answers (status, JSON): the requests reach the server together, as
+    they would behind a busy model, whatever the client's timing."""
+    gate = threading.Event()
+    srv.loop.call_soon_threadsafe(gate.wait, 30)
+    conns = []
+    try:
+        for doc in bodies:
+            conn = http.client.HTTPConnection("127.0.0.1", srv.runtime.http_port, timeout=30)
+            conns.append(conn)
+            conn.request("POST", path, json.dumps(doc), {"Content-Type": "application/json"})
+    finally:
+        gate.set()
+    answers = []
+    for conn in conns:
+        response = conn.getresponse()
+        answers.append((response.status, json.loads(response.read())))
+        conn.close()
+    return answers

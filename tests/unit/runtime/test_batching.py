@@ -19,7 +19,7 @@ from modelpilot_runtime.config import BatchingSettings
 from modelpilot_runtime.errors import BackendError, RejectedError
 from modelpilot_runtime.metrics import Metrics
 from modelpilot_runtime.tensors import Array, TensorSpec
-from tests.unit.runtime.conftest import run_server
+from tests.unit.runtime.conftest import run_server, send_while_held
 
 
 class DoublingBackend:
@@ -77,7 +77,8 @@ def test_batches_are_formed_and_split_back() -> None:
         return list(results)
 
     results = run(scenario())
-    # Six requests, at most four rows a batch: one full batch at once, the rest after the delay.
+    # Six requests, at most four rows a batch: one full batch, then the rest at once (nothing
+    # more arrives, so they do not wait for the delay).
     assert backend.batches == [4, 2]
     for i, result in enumerate(results):
         np.testing.assert_array_equal(result["y"], rows(10 * i)["x"] * 2)
@@ -207,49 +208,24 @@ def test_direct_scheduler_bounds_requests_in_flight() -> None:
 
 def test_batching_through_the_server(sample_repo: Path) -> None:
     defaults = {"batching": {"max_batch_size": 16, "max_delay_ms": 30}}
+
+    def body(i: int) -> dict[str, Any]:
+        return {"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [i] * 8}]}
+
     with run_server(models={"tiny": sample_repo / "tiny"}, model_defaults=defaults) as srv:
-
-        async def burst() -> list[httpx.Response]:
-            async with httpx.AsyncClient(base_url=srv.url) as client:
-                bodies = [
-                    {
-                        "inputs": [
-                            {
-                                "name": "input",
-                                "shape": [1, 8],
-                                "datatype": "FP32",
-                                "data": [float(i)] * 8,
-                            }
-                        ]
-                    }
-                    for i in range(12)
-                ]
-                return list(
-                    await asyncio.gather(
-                        *(client.post("/v2/models/tiny/infer", json=b) for b in bodies)
-                    )
-                )
-
-        responses = asyncio.run(burst())
+        # The requests reach the server together, as they would behind a busy model, and
+        # share batches. (Requests that reach an idle model one by one run one by one: see
+        # the tests above.)
+        held = send_while_held(srv, "/v2/models/tiny/infer", [body(i) for i in range(12)])
+        assert all(status == 200 for status, _ in held)
+        answers = [doc["outputs"][0]["data"] for _, doc in held]
         with httpx.Client(base_url=srv.url) as client:
             single = [
-                client.post(
-                    "/v2/models/tiny/infer",
-                    json={
-                        "inputs": [
-                            {
-                                "name": "input",
-                                "shape": [1, 8],
-                                "datatype": "FP32",
-                                "data": [float(i)] * 8,
-                            }
-                        ]
-                    },
-                ).json()["outputs"][0]["data"]
+                client.post("/v2/models/tiny/infer", json=body(i)).json()["outputs"][0]["data"]
                 for i in range(12)
             ]
             metrics = client.get("/metrics").text
-    assert [r.json()["outputs"][0]["data"] for r in responses] == single
+    assert answers == single
     count = [
         line
         for line in metrics.splitlines()
@@ -429,3 +405,146 @@ def test_a_failed_batch_worker_answers_503_and_is_restarted() -> None:
     assert failed.reason == "worker_failed"
     np.testing.assert_array_equal(result["y"], rows(1)["x"] * 2)
     assert restarts == 1
+
+
+# -- adaptive batching: when the batcher waits and when it does not ---------------------------
+# These count loop turns and read the dispatch reason; none measures wall time. A batcher that
+# waited for its 60 s delay would not be done within the turns given.
+
+LONG_DELAY = BatchingSettings(max_batch_size=32, max_delay_ms=60_000)
+
+
+async def turns(n: int) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def test_a_lone_request_runs_at_once_not_after_the_delay() -> None:
+    backend = DoublingBackend()
+    runner, _ = make_runner(backend)
+
+    async def scenario() -> DynamicBatcher:
+        batcher = DynamicBatcher(runner, LONG_DELAY)
+        batcher.start()
+        for i in range(3):  # one request at a time, each answered before the next is sent
+            job = asyncio.ensure_future(batcher.submit(rows(i), None, 1))
+            await turns(6)
+            assert job.done(), "a lone request waited for max_delay"
+            np.testing.assert_array_equal(job.result()["y"], rows(i)["x"] * 2)
+        await batcher.close()
+        return batcher
+
+    batcher = run(scenario())
+    assert backend.batches == [1, 1, 1]
+    assert batcher.dispatched == {"idle": 3}
+    assert batcher.last_dispatch == "idle"
+
+
+def test_requests_sent_together_to_an_idle_model_run_together_at_once() -> None:
+    backend = DoublingBackend()
+    runner, _ = make_runner(backend)
+
+    async def scenario() -> DynamicBatcher:
+        batcher = DynamicBatcher(runner, LONG_DELAY)
+        batcher.start()
+        jobs = [asyncio.ensure_future(batcher.submit(rows(i), None, 1)) for i in range(5)]
+        await turns(6)
+        assert all(job.done() for job in jobs)
+        await batcher.close()
+        return batcher
+
+    batcher = run(scenario())
+    assert backend.batches == [5]
+    assert batcher.dispatched == {"idle": 1}
+
+
+def test_requests_that_came_while_the_model_was_busy_run_as_soon_as_it_is_free() -> None:
+    backend = DoublingBackend()
+    backend.gate.clear()
+    runner, _ = make_runner(backend, inline=False)
+
+    async def scenario() -> DynamicBatcher:
+        batcher = DynamicBatcher(runner, LONG_DELAY)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(rows(0), None, 1))
+        while not batcher._running:
+            await asyncio.sleep(0.001)
+        later = [asyncio.ensure_future(batcher.submit(rows(i), None, 1)) for i in (1, 2, 3)]
+        await turns(3)
+        backend.gate.set()
+        # Bounded by the test's timeout only: waiting out the 60 s delay would fail it.
+        await asyncio.wait_for(asyncio.gather(first, *later), 30)
+        await batcher.close()
+        return batcher
+
+    batcher = run(scenario())
+    assert backend.batches == [1, 3]
+    assert batcher.dispatched == {"idle": 1, "busy": 1}
+
+
+def test_while_requests_keep_arriving_the_batch_waits_for_them() -> None:
+    backend = DoublingBackend()
+    runner, _ = make_runner(backend)
+
+    async def scenario() -> DynamicBatcher:
+        batcher = DynamicBatcher(runner, LONG_DELAY)
+        batcher.start()
+        # Two requests together (not a lone one), then one more every loop turn, then none.
+        jobs = [asyncio.ensure_future(batcher.submit(rows(i), None, 1)) for i in (0, 1)]
+        for i in range(2, 8):
+            await asyncio.sleep(0)
+            jobs.append(asyncio.ensure_future(batcher.submit(rows(i), None, 1)))
+        await turns(6)
+        assert all(job.done() for job in jobs)
+        await batcher.close()
+        return batcher
+
+    batcher = run(scenario())
+    # The first turn saw a second request arrive: the batcher kept waiting while they came,
+    # and ran them all once a turn brought none.
+    assert backend.batches == [8]
+    assert batcher.dispatched == {"quiet": 1}
+
+
+def test_arrivals_stop_waiting_when_the_batch_is_full() -> None:
+    backend = DoublingBackend()
+    runner, _ = make_runner(backend)
+
+    async def scenario() -> DynamicBatcher:
+        batcher = DynamicBatcher(runner, BatchingSettings(max_batch_size=4, max_delay_ms=60_000))
+        batcher.start()
+        jobs = [asyncio.ensure_future(batcher.submit(rows(i), None, 1)) for i in (0, 1)]
+        for i in (2, 3):
+            await asyncio.sleep(0)
+            jobs.append(asyncio.ensure_future(batcher.submit(rows(i), None, 1)))
+        await turns(6)
+        assert all(job.done() for job in jobs)
+        await batcher.close()
+        return batcher
+
+    batcher = run(scenario())
+    assert backend.batches == [4]
+    assert batcher.dispatched == {"full": 1}
+
+
+def test_requests_arriving_without_pause_wait_at_most_max_delay() -> None:
+    backend = DoublingBackend()
+    runner, _ = make_runner(backend)
+
+    async def scenario() -> tuple[DynamicBatcher, int]:
+        batcher = DynamicBatcher(runner, BatchingSettings(max_batch_size=10_000, max_delay_ms=1))
+        batcher.start()
+        jobs: list[asyncio.Future[dict[str, Array]]] = []
+        jobs += [asyncio.ensure_future(batcher.submit(rows(i), None, 1)) for i in (0, 1)]
+        while not batcher.dispatched:  # a new request every loop turn, until a batch runs
+            await asyncio.sleep(0)
+            jobs.append(asyncio.ensure_future(batcher.submit(rows(len(jobs)), None, 1)))
+        await asyncio.gather(*jobs)
+        await batcher.close()
+        return batcher, len(jobs)
+
+    batcher, sent = run(scenario())
+    # The first batch gathered the requests of many turns and was cut by the delay.
+    assert next(iter(batcher.dispatched)) == "delay"  # the first batch dispatched
+    assert backend.batches[0] > 1
+    assert sum(backend.batches) == sent

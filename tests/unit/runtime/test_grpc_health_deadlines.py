@@ -62,8 +62,9 @@ def test_health_service_says_not_serving_while_a_model_cannot_load(tmp_path: Pat
 
 
 def test_a_request_past_its_deadline_is_dropped_and_counted_504(sample_repo: Path) -> None:
-    # A long batching delay keeps the request queued well past the client's deadline.
-    defaults = {"batching": {"max_batch_size": 64, "max_delay_ms": 60_000}}
+    # An injected latency keeps the request in the server well past the client's deadline
+    # (the adaptive batcher no longer holds a lone request for its delay).
+    defaults = {"faults": {"added_latency_ms": 60_000}}
     with run_server(models={"tiny": sample_repo / "tiny"}, model_defaults=defaults) as srv:
         tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 8])
         request = pb.ModelInferRequest(
@@ -87,18 +88,18 @@ def test_a_request_past_its_deadline_is_dropped_and_counted_504(sample_repo: Pat
 
         m = {"model": "tiny", "version": "1", "protocol": "v2-grpc"}
         # The server answers the request itself once the deadline passes (not after the
-        # 60 s batching delay); this waits for that count, then looks at what it was.
+        # 60 s it is held); this waits for that count, then looks at what it was.
         wait_until(lambda: value(scrape(), "modelpilot_inference_requests_total", **m) >= 1)
         samples = scrape()
         assert value(samples, "modelpilot_inference_requests_total", code="504", **m) == 1
         assert value(samples, "modelpilot_inference_requests_total", **m) == 1
-        # Dropped from the queue: the model never ran it.
+        # Dropped: the model never ran it.
         assert value(samples, "modelpilot_inference_batch_size_count", model="tiny") == 0
         assert value(samples, "modelpilot_inference_pending_requests", model="tiny") == 0
 
 
 def test_a_call_the_client_cancels_is_counted_once_as_499(sample_repo: Path) -> None:
-    defaults = {"batching": {"max_batch_size": 64, "max_delay_ms": 60_000}}
+    defaults = {"faults": {"added_latency_ms": 60_000}}  # held in the server until cancelled
     with run_server(models={"tiny": sample_repo / "tiny"}, model_defaults=defaults) as srv:
         tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 8])
         request = pb.ModelInferRequest(
@@ -117,9 +118,8 @@ def test_a_call_the_client_cancels_is_counted_once_as_499(sample_repo: Path) -> 
         with grpc.insecure_channel(srv.grpc_target) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
             call = stub.ModelInfer.future(request)
-            wait_until(
-                lambda: value(scrape(), "modelpilot_inference_pending_requests", model="tiny") == 1
-            )
+            served = srv.runtime.repository.get("tiny")
+            wait_until(lambda: served.inflight == 1)
             call.cancel()
             m = {"model": "tiny", "version": "1", "protocol": "v2-grpc"}
             wait_until(lambda: value(scrape(), "modelpilot_inference_requests_total", **m) >= 1)

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelpilot_runtime.metrics import CONTRACT
-from tests.unit.runtime.conftest import run_server
+from tests.unit.runtime.conftest import run_server, send_while_held
 
 # Written out again on purpose: renaming a metric must fail here, not only change the tuple.
 PINNED = {
@@ -130,20 +130,11 @@ def test_cache_hits_and_misses(sample_repo: Path) -> None:
 def test_every_request_is_counted_once_and_rejections_stay_out_of_the_latency_histogram(
     sample_repo: Path,
 ) -> None:
-    # A queue of one behind a model held busy by a long batching delay: the burst is rejected.
+    # A queue of one, and ten requests that arrive together: the rest of the burst is rejected.
     defaults = {"batching": {"max_batch_size": 64, "max_delay_ms": 300, "max_queue": 1}}
     body = {"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [1.0] * 8}]}
     with run_server(models={"tiny": sample_repo / "tiny"}, model_defaults=defaults) as srv:
-        import asyncio
-
-        async def burst() -> list[int]:
-            async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
-                answers = await asyncio.gather(
-                    *(client.post("/v2/models/tiny/infer", json=body) for _ in range(10))
-                )
-            return [r.status_code for r in answers]
-
-        codes = asyncio.run(burst())
+        codes = [status for status, _ in send_while_held(srv, "/v2/models/tiny/infer", [body] * 10)]
         with httpx.Client(base_url=srv.url) as client:
             samples = scrape(client)
     ok, rejected = codes.count(200), codes.count(429)

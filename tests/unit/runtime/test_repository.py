@@ -166,7 +166,11 @@ def test_polling_picks_up_a_new_version(tmp_path: Path) -> None:
 
 def test_in_flight_requests_finish_when_their_version_is_unloaded(tmp_path: Path) -> None:
     root = write_repository(tmp_path / "repo", ["tiny"])
-    defaults = {"batching": {"max_batch_size": 4, "max_delay_ms": 300}}
+    # Batched, and held in the server 300 ms each (the batcher runs a lone request at once).
+    defaults = {
+        "batching": {"max_batch_size": 4, "max_delay_ms": 300},
+        "faults": {"added_latency_ms": 300},
+    }
     with run_server(model_repository=root, model_defaults=defaults) as srv:
         body = {
             "inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [1.0] * 8}]
@@ -180,7 +184,7 @@ def test_in_flight_requests_finish_when_their_version_is_unloaded(tmp_path: Path
                     )
                     for _ in range(3)
                 ]
-                await asyncio.sleep(0.1)  # queued in the batcher, which waits 300 ms
+                await asyncio.sleep(0.1)  # in flight: held 300 ms
                 shutil.rmtree(root / "tiny" / "1")
                 add_version(root, "tiny", "2")
                 await asyncio.wrap_future(

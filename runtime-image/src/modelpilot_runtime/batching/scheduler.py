@@ -7,12 +7,18 @@ thread and back (tens of microseconds); everything slower runs in the thread so 
 loop keeps reading requests meanwhile.
 
 `DirectScheduler` runs every request on its own. `DynamicBatcher` queues requests and runs up
-to `max_batch_size` of them together once the batch is full or the oldest request has waited
-`max_delay`; requests that cannot share a batch (different inner shapes) wait for the next
-one. When a batch fails, its halves are run again (recursively), so a request the model
-cannot take gets its error alone and the others of its batch are answered. Both keep at
-most `max_queue` requests waiting and reject the rest at once (429); a request that waited
-past its timeout is rejected (503) instead of run.
+to `max_batch_size` of them together. It batches adaptively: a request that finds the model
+idle and nothing else arriving is run at once, without waiting for `max_delay`; requests
+that came while the model was busy run together as soon as it is free; and while requests
+keep arriving (every event-loop turn brings more) it waits for them, until the batch is full,
+a turn brings none, or the oldest request has waited `max_delay`. So batching costs a lone
+request its way through the batcher (a task, the worker's turn), not the delay, and can be
+on by default. Requests that cannot
+share a batch (different inner shapes) wait for the next one. When a batch fails, its halves
+are run again (recursively), so a request the model cannot take gets its error alone and the
+others of its batch are answered. Both keep at most `max_queue` requests waiting and reject
+the rest at once (429); a request that waited past its timeout is rejected (503) instead of
+run.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -167,6 +173,17 @@ class _Waiting:
     future: asyncio.Future[Outputs]
     timer: asyncio.TimerHandle | None = None
     queued: bool = True  # counted in the batcher's `_queued` and `_rows`
+    behind: bool = False  # arrived while a batch was running: it has waited already
+
+
+# Why the batcher dispatched a batch (`DynamicBatcher.dispatched` counts them).
+IDLE = "idle"  # the model was idle and nothing else was queued, or arrived in one loop turn
+BUSY = "busy"  # requests that arrived while the model was busy, run as soon as it was free
+FULL = "full"  # `max_batch_size` rows were waiting
+QUIET = "quiet"  # requests were arriving, then a loop turn brought none
+DELAY = "delay"  # requests kept arriving until the oldest had waited `max_delay`
+CLOSING = "closing"  # the version is shutting down: what is queued runs now
+DISPATCH_REASONS = (IDLE, BUSY, FULL, QUIET, DELAY, CLOSING)
 
 
 def _batch_key(inputs: dict[str, Array]) -> tuple[Any, ...]:
@@ -189,7 +206,12 @@ class DynamicBatcher:
         self._queued = 0
         self._rows = 0
         self._running: list[_Waiting] = []
+        self._arrivals = 0  # requests ever submitted: a loop turn that adds none is quiet
         self.restarts = 0
+        # Batches run, by why they were dispatched (see DISPATCH_REASONS); `last_dispatch` is
+        # the reason for the latest one.
+        self.dispatched: Counter[str] = Counter()
+        self.last_dispatch: str | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._task: asyncio.Task[None] | None = None
@@ -249,6 +271,8 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
         item = _Waiting(inputs, outputs, rows, _batch_key(inputs), time.monotonic(), future)
+        item.behind = bool(self._running)
+        self._arrivals += 1
         # The client is answered when its timeout passes even if the worker is busy with a
         # long batch; the queue entry itself is dropped when the worker next looks at it.
         item.timer = loop.call_later(self.timeout, self._expire, item)
@@ -257,8 +281,8 @@ class DynamicBatcher:
         self._rows += rows
         m = self.runner.metrics
         m.pending.inc()
-        # Wake the worker when it waits for a first request, or for a batch that is now full.
-        if self._queued == 1 or self._rows >= self.max_batch:
+        # Wake the worker when it sleeps for want of requests.
+        if self._queued == 1:
             self._wake()
         try:
             return await future
@@ -278,43 +302,80 @@ class DynamicBatcher:
             "timeout",
         )
 
-    async def _wait(self, deadline: float | None) -> None:
-        loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
-        handle = None
-        if deadline is not None:
-            handle = loop.call_at(loop.time() + max(0.0, deadline - time.monotonic()), self._wake)
+    async def _wait(self) -> None:
+        """Sleep until `submit` or `close` wakes the worker."""
+        self._waiter = asyncio.get_running_loop().create_future()
         try:
             await self._waiter
         finally:
             self._waiter = None
-            if handle is not None:
-                handle.cancel()
 
     async def _work(self) -> None:
+        woken = False  # the worker slept for want of requests and was woken by one
         while True:
             if not self._queued:
                 self._queue.clear()  # only entries that timed out or whose client went away
                 if self._closed:
                     return
-                await self._wait(None)
+                await self._wait()
+                woken = True
                 continue
-            if self.max_delay > 0 and self._rows < self.max_batch and not self._closed:
-                deadline = self._queue[0].enqueued + self.max_delay
-                if deadline > time.monotonic():
-                    await self._wait(deadline)
-                    continue  # re-check: full, deadline passed, or closed
-            else:
-                # One more loop turn lets the requests read in the next poll join the batch.
-                # Without it batches at moderate concurrency are half as large and cost more
-                # CPU per request than they save (measured: 8 clients, tiny model); with it,
-                # batching adds one loop turn at concurrency 1.
-                await asyncio.sleep(0)
+            reason = await self._gather(woken)
             batch = self._take()
             if batch:
+                self.dispatched[reason] += 1
+                self.last_dispatch = reason
                 self._running = batch
                 await self._run(batch)
                 self._running = []
+            woken = False
+
+    async def _gather(self, woken: bool) -> str:
+        """Wait as long as waiting is likely to pay, and say why it stopped.
+
+        A lone request that woke the worker (the model idle, nothing else queued) runs at
+        once: the worker runs a loop turn after the request's own, so every request read in
+        the same poll has joined the queue by then. Otherwise one loop turn is taken first:
+        it sends the answers of the batch that just ran (an inline model holds the loop while
+        it runs) and lets the requests read in the next poll join. After it, a batch is run
+        at once if it is full, if its requests came while the model was busy (they have
+        waited for that batch already), or if the turn brought no new request. Only while
+        every turn brings more requests does the batch wait for them, until it is full, a
+        turn brings none, or the oldest request has waited `max_delay` (with `max_delay` 0,
+        one turn only). Turns are not timers: a turn with nothing to read costs a poll of the
+        sockets, not a sleep.
+        """
+        if woken and self._queued == 1 and not self._closed:
+            return IDLE
+        arrivals = self._arrivals
+        await asyncio.sleep(0)
+        if self._rows >= self.max_batch:
+            return FULL
+        if self._closed:
+            return CLOSING
+        oldest = self._oldest()
+        if oldest is None or oldest.behind:
+            return BUSY
+        if self._arrivals == arrivals:
+            return IDLE
+        deadline = oldest.enqueued + self.max_delay
+        while True:
+            if self.max_delay <= 0 or time.monotonic() >= deadline:
+                return DELAY
+            arrivals = self._arrivals
+            await asyncio.sleep(0)
+            if self._rows >= self.max_batch:
+                return FULL
+            if self._closed:
+                return CLOSING
+            if self._arrivals == arrivals:
+                return QUIET
+
+    def _oldest(self) -> _Waiting | None:
+        for item in self._queue:
+            if item.queued:
+                return item
+        return None
 
     def _take(self) -> list[_Waiting]:
         now = time.monotonic()

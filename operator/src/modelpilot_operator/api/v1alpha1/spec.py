@@ -97,7 +97,10 @@ class ModelSource(ApiModel):
 
 
 class Batching(ApiModel):
-    """Dynamic batching in the runtime: gather requests up to a size or a delay."""
+    """Dynamic batching in the runtime, on by default: it is adaptive, so it costs a lone
+    request nothing. A request that finds the model idle runs at once; requests that arrive
+    while the model is busy run together as soon as it is free; maxDelay is waited only
+    while more requests keep arriving."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -110,9 +113,18 @@ class Batching(ApiModel):
         }
     )
 
-    enabled: bool = True
+    enabled: bool = Field(
+        default=True,
+        description="On by default: the adaptive batcher runs a request that finds the model "
+        "idle at once, so at low load batching costs tens of microseconds, never maxDelay. "
+        "false runs every request alone.",
+    )
     max_batch_size: int = Field(default=8, ge=1, le=4096)
-    max_delay: Duration = "2ms"
+    max_delay: Duration = Field(
+        default="2ms",
+        description="The longest the oldest request of a batch waits for more, and only while "
+        "more keep arriving; a lone request on an idle model does not wait.",
+    )
     max_queue_size: int = Field(default=256, ge=1, le=100_000)
     timeout: Duration = Field(default="5s", description="A request queued longer is rejected.")
 
