@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 PACKAGES := operator/src/modelpilot_operator runtime-image/src/modelpilot_runtime
 MYPY_TARGETS := $(patsubst %/__init__.py,%,$(wildcard $(addsuffix /__init__.py,$(PACKAGES)))) $(if $(wildcard e2e/*.py),e2e) tests
 
-.PHONY: all venv torchserve-env check fmt crds rbac test unit integration cluster-build cluster-up cluster-down demo demo-runtime demo-down clean
+.PHONY: all host-deps venv torchserve-env check fmt crds rbac test unit integration cluster-build cluster-up cluster-down demo demo-runtime demo-down clean
 
 all: test
 
@@ -58,17 +58,26 @@ fmt: $(STAMP)
 unit: $(TEST_ENV)
 	$(BIN)/python -m pytest tests/unit -q
 
+# The pod network runs as root with iproute2 (ip netns, a bridge), nsenter and nftables
+# (kube-proxy's mode and the forwarding guard); Debian's packages where they are missing.
+host-deps:
+	@missing=""; for t in ip nsenter nft; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo ">> installing the pod network's host tools (missing:$$missing)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 util-linux nftables >/dev/null; \
+	fi
+
 # The local cluster: real etcd + kube-apiserver + controllers built from Go modules.
 cluster-build: $(STAMP)
 	$(BIN)/python -m e2e.cluster build
 
-cluster-up: $(STAMP)
+cluster-up: $(STAMP) host-deps
 	$(BIN)/python -m e2e.cluster up
 
 cluster-down: $(STAMP)
 	$(BIN)/python -m e2e.cluster down
 
-integration: $(STAMP)
+integration: $(STAMP) host-deps
 	@if [ -f e2e/cluster.py ]; then \
 	  $(MAKE) cluster-build && $(BIN)/python -m pytest tests/integration -q -m integration; \
 	else echo ">> no local cluster in this tree yet: integration tier skipped"; fi
@@ -78,7 +87,7 @@ test: check unit integration
 # For now: check an example ModelDeployment, then the runtime serving sample models on :8080
 # (see README); the cluster demo comes later.
 # The main job: the local cluster, the chart, a canary promoted and one rolled back, a plot.
-demo: $(STAMP)
+demo: $(STAMP) host-deps
 	$(BIN)/python -m e2e.demo
 
 # The runtime alone: serve the sample models on localhost:8080 for curl.

@@ -34,12 +34,11 @@ from typing import Any
 import yaml
 
 from e2e import build as buildmod
-from e2e import versions
+from e2e import podnet, versions
 from e2e.pki import CertPair, Pki
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Room for benchmarks that create hundreds of Services.
-SERVICE_CIDR = "10.0.0.0/16"
 NODE_NAME = "modelpilot-local"
 PROMETHEUS_USER = "modelpilot:prometheus"
 # Set by the node agent in every container's environment, to the cluster's folder.
@@ -63,6 +62,8 @@ class Ports:
     controller_manager: int = 17257
     scheduler: int = 17259
     prometheus: int = 19090
+    kube_proxy_healthz: int = 18256
+    kube_proxy_metrics: int = 18249
 
     @classmethod
     def for_index(cls, index: int) -> Ports:
@@ -87,12 +88,18 @@ def cluster_dir() -> Path:
     return buildmod.cache_root() / ("cluster" if index == 0 else f"cluster-{index}")
 
 
+def net_plan() -> podnet.NetPlan:
+    """Cluster N's pod and Service ranges, bridge and names (see :mod:`e2e.podnet`)."""
+    return podnet.NetPlan(cluster_index())
+
+
 def pod_cidr() -> str:
-    """Pods of cluster N live on 127.0.N.0/24 (.1 is the node's own address)."""
-    return f"127.0.{cluster_index()}.0/24"
+    return net_plan().pod_cidr
 
 
 PROMETHEUS_PORT = Ports.for_index(cluster_index()).prometheus
+# Prometheus as pods (the operator's chart, the demo) reach it: through the pod gateway.
+PROMETHEUS_URL_FROM_PODS = f"http://{net_plan().node_ip}:{PROMETHEUS_PORT}"
 
 
 @dataclass
@@ -436,7 +443,8 @@ class Cluster:
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ),
-            ips=("127.0.0.1", "10.0.0.1"),
+            # Pods reach it through the pod gateway on the node's address.
+            ips=("127.0.0.1", net_plan().node_ip, net_plan().kubernetes_service_ip),
         )
         ca = pki.ca.cert
         server = self.layout.server
@@ -456,6 +464,11 @@ class Cluster:
         # Identities that talk to the API server without a kubeconfig of their own.
         pki.issue("node", f"system:node:{NODE_NAME}", orgs=("system:nodes",))
         pki.issue("prometheus", PROMETHEUS_USER)
+        # The bootstrap policy binds system:node-proxier to this user.
+        proxy = pki.issue("kube-proxy", "system:kube-proxy")
+        write_kubeconfig(
+            self.layout.component_kubeconfig("kube-proxy"), server, ca, proxy, "kube-proxy"
+        )
         return pki
 
     def running(self) -> bool:
@@ -536,11 +549,25 @@ class Cluster:
         layout.root.mkdir(parents=True, exist_ok=True)
         for stale in (layout.etcd_data, layout.pki, layout.root / "pods", layout.prometheus_data):
             subprocess.run(["rm", "-rf", str(stale)], check=True)
+        plan = net_plan()
+        self._setup_network(plan)
         pki = self._make_pki()
         self.cluster_id = str(uuid.uuid4())
         self.processes = []
         self._save_state()
         b = self.cache.binary
+        self._spawn(
+            "pod-gateway",
+            [
+                sys.executable,
+                "-m",
+                "e2e.podgateway",
+                f"--listen={plan.node_ip}",
+                f"--port={ports.apiserver}",
+                f"--port={ports.prometheus}",
+            ],
+            env=self._python_env(),
+        )
 
         etcd_url = f"http://127.0.0.1:{ports.etcd}"
         peer_url = f"http://127.0.0.1:{ports.etcd_peer}"
@@ -573,7 +600,7 @@ class Cluster:
                 f"--tls-cert-file={p / 'apiserver.crt'}",
                 f"--tls-private-key-file={p / 'apiserver.key'}",
                 f"--client-ca-file={pki.ca.cert}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={plan.service_cidr}",
                 f"--service-account-issuer={SA_ISSUER}",
                 f"--service-account-key-file={pki.sa_pub}",
                 f"--service-account-signing-key-file={pki.sa_key}",
@@ -599,7 +626,7 @@ class Cluster:
                     f"--root-ca-file={pki.ca.cert}",
                     f"--cluster-signing-cert-file={pki.ca.cert}",
                     f"--cluster-signing-key-file={pki.ca.key}",
-                    f"--service-cluster-ip-range={SERVICE_CIDR}",
+                    f"--service-cluster-ip-range={plan.service_cidr}",
                     "--use-service-account-credentials=true",
                     "--profiling=false",
                 ],
@@ -621,9 +648,10 @@ class Cluster:
                 ],
             )
 
-        # Neither needs the controllers: both overlap with their start-up.
+        # None needs the controllers: they overlap with their start-up.
         if node:
             self.start_node_agent()
+            self._start_kube_proxy(plan)
         crds = self._start_crd_install()
 
         insecure = insecure_context()
@@ -705,17 +733,62 @@ class Cluster:
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
         say(f"   {len(names)} upstream CRDs established")
 
-    def start_node_agent(self) -> None:
-        """The node agent: registers the node and runs its pods as local processes."""
+    def _python_env(self) -> dict[str, str]:
+        """The environment for the cluster's own Python components (modules of e2e)."""
         env = dict(os.environ)
-        # The agent and the pods' helpers are modules of this package.
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
         )
+        return env
+
+    def _setup_network(self, plan: podnet.NetPlan) -> None:
+        """The pod bridge, the Service route and the forwarding guard (see e2e.podnet)."""
+        try:
+            podnet.setup_host(plan)
+        except podnet.NetworkError as err:
+            raise ClusterError(f"cannot set up the pod network: {err}") from err
+        say(f"   pod network {plan.pod_cidr} on {plan.bridge} (node {plan.node_ip})")
+
+    def start_node_agent(self) -> None:
+        """The node agent: registers the node and runs its pods as local processes."""
         self._spawn(
             "node-agent",
             [sys.executable, "-m", "e2e.node_agent", f"--cluster-dir={self.layout.root}"],
-            env=env,
+            env=self._python_env(),
+        )
+
+    def _start_kube_proxy(self, plan: podnet.NetPlan) -> None:
+        """kube-proxy in nftables mode: ClusterIP Services route to ready pods.
+
+        Its nftables table has a fixed name, so one machine runs one kube-proxy: cluster 0
+        gets it; Services of the other local clusters are not routed.
+        """
+        if not plan.runs_kube_proxy:
+            say(f"   cluster {plan.index}: no kube-proxy (one per machine, cluster 0 has it)")
+            return
+        binary = self.cache.binary("kube-proxy")
+        if not binary.exists():
+            say("   kube-proxy is not built: Services are not routed (make cluster-build)")
+            return
+        ports = self.layout.ports
+        self._spawn(
+            "kube-proxy",
+            [
+                str(binary),
+                f"--kubeconfig={self.layout.component_kubeconfig('kube-proxy')}",
+                "--proxy-mode=nftables",
+                f"--cluster-cidr={plan.pod_cidr}",
+                f"--hostname-override={NODE_NAME}",
+                # NodePorts on the node's bridge address only, never on the machine's own.
+                f"--nodeport-addresses={plan.node_ip}/32",
+                f"--healthz-bind-address=127.0.0.1:{ports.kube_proxy_healthz}",
+                f"--metrics-bind-address=127.0.0.1:{ports.kube_proxy_metrics}",
+                # Leave the machine's conntrack settings as they are.
+                "--conntrack-max-per-core=0",
+                "--conntrack-tcp-timeout-established=0",
+                "--conntrack-tcp-timeout-close-wait=0",
+                "--v=1",
+            ],
         )
 
     def start_prometheus(self) -> None:
@@ -771,6 +844,14 @@ class Cluster:
                 stop_process(proc)
         self.processes = []
         self._sweep_pod_processes(quiet)
+        # Namespaces, bridge, rules: `down` leaves the host as `up` found it.
+        try:
+            removed = podnet.teardown_host(net_plan(), self.layout.root)
+        except podnet.NetworkError as err:
+            say(f"warning: pod network clean-up: {err}")
+            removed = []
+        if removed and not quiet:
+            say(f"removed {', '.join(removed)}")
         for stale in (self.layout.etcd_data, self.layout.state, self.layout.prometheus_data):
             subprocess.run(["rm", "-rf", str(stale)], check=True)
         if not quiet:

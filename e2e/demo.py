@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from e2e import build as buildmod
-from e2e.cluster import PROMETHEUS_PORT, Cluster, ClusterError
+from e2e.cluster import PROMETHEUS_PORT, PROMETHEUS_URL_FROM_PODS, Cluster, ClusterError
 from e2e.traffic import MeshDriver, Recording
 from modelpilot_operator.k8s.client import ApiServer
 from modelpilot_operator.k8s.kinds import MODEL_DEPLOYMENT
@@ -175,7 +175,7 @@ class Demo:
                 "logFormat": "plain",
                 "resyncPeriod": "10s",
                 "runtimeImage": "ghcr.io/modelpilot/runtime:0.1.0",
-                "prometheus": {"url": f"http://127.0.0.1:{PROMETHEUS_PORT}", "timeout": "5s"},
+                "prometheus": {"url": PROMETHEUS_URL_FROM_PODS, "timeout": "5s"},
             },
             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
         }

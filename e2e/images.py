@@ -59,10 +59,6 @@ def known_images() -> dict[str, Image]:
             "modelpilot/runtime",
             (runtime,),
             {**_python_programs(), "modelpilot-runtime": runtime},
-            # Every runtime flag reads MODELPILOT_<FLAG>: listen on the pod's address
-            # (its HTTP server binds through uvloop and gRPC through C, which the
-            # Python-level bind rewrite of e2e/podsite does not reach).
-            {"MODELPILOT_HOST": "$(POD_IP)"},
         )
     operator = _console_script("modelpilot")
     if operator is not None:

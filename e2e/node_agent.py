@@ -5,11 +5,11 @@ node. Like a kubelet it registers the Node (with a fake ``nvidia.com/gpu`` capac
 GPU pods schedule), renews its Lease and Ready condition every few seconds, watches the
 pods bound to it and hands each to an :class:`e2e.pods.PodRunner`.
 
-Pod addresses: each pod gets its own loopback address ``127.0.0.N`` (N >= 2; .1 is the
-control plane's), so replicas listen on the same port side by side and nothing a pod
-serves is reachable from outside this machine. EndpointSlice validation rejects loopback
-addresses, so Services get no endpoints here: whatever needs a version's pods (the mesh
-stand-in, Prometheus's pod discovery, the operator's provider probe) reads pod IPs.
+Pod network: like a kubelet with a CNI configuration, the agent gives each pod a network
+namespace and calls the CNI plugins to put it on the node's bridge with an address from
+the pod range (see :mod:`e2e.podnet`); the pod's containers run inside that namespace.
+The node's InternalIP is the bridge's address, where pods also reach the API server
+(through the pod gateway, see :mod:`e2e.podgateway`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import ipaddress
 import os
 import platform
 import signal
@@ -30,8 +29,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from e2e import versions
-from e2e.cluster import POD_MARKER, Api, Layout, pod_cidr
+from e2e import build as buildmod
+from e2e import podnet, versions
+from e2e.cluster import POD_MARKER, Api, Layout, net_plan
 from e2e.pods import PodRunner, now
 
 NODE_NAME = "modelpilot-local"
@@ -52,38 +52,11 @@ def log(msg: str) -> None:
     print(f"{now()} {msg}", flush=True)
 
 
-class AddressPool:
-    """Pod addresses; a freed one goes to the back of the queue, so reuse is rare."""
-
-    def __init__(self, cidr: str) -> None:
-        net = ipaddress.ip_network(cidr)
-        hosts = [str(h) for h in net.hosts()]
-        # .1 is the node's own address within the range.
-        self.gateway = hosts[0]
-        self.free = hosts[1:]
-        self.lock = threading.Lock()
-
-    def take(self, preferred: str | None = None) -> str:
-        """A free address; ``preferred`` (a pod's recorded address) when it is free."""
-        with self.lock:
-            if preferred in self.free:
-                self.free.remove(preferred)
-                return preferred
-            if not self.free:
-                raise RuntimeError("the node ran out of pod addresses")
-            return self.free.pop(0)
-
-    def give_back(self, ip: str) -> None:
-        with self.lock:
-            if ip not in self.free:
-                self.free.append(ip)
-
-
 @dataclass
 class AgentConfig:
     layout: Layout
     node_name: str = NODE_NAME
-    cidr: str = field(default_factory=pod_cidr)
+    plan: podnet.NetPlan = field(default_factory=net_plan)
 
 
 class NodeAgent:
@@ -97,16 +70,20 @@ class NodeAgent:
         self.stop = threading.Event()
         self.runners: dict[str, PodRunner] = {}
         self.lock = threading.Lock()
-        self.cidr = config.cidr
-        self.pool = AddressPool(self.cidr)
+        self.plan = config.plan
+        self.cidr = self.plan.pod_cidr
+        self.network = podnet.PodNetwork(
+            self.plan, buildmod.default_paths().bin / "cni", self.layout.root
+        )
+        self.network.write_config()
         self.pods_dir = self.layout.root / "pods"
         self.pods_dir.mkdir(parents=True, exist_ok=True)
         self.base_env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": "C.UTF-8",
-            # In-cluster clients find the API server here (the `kubernetes` Service has
-            # no endpoints: its address would be loopback).
-            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            # In-cluster clients find the API server on the node's bridge address, where
+            # the pod gateway relays to it (see e2e.podgateway).
+            "KUBERNETES_SERVICE_HOST": self.plan.node_ip,
             "KUBERNETES_SERVICE_PORT": str(self.layout.ports.apiserver),
             # Marks every container process as this cluster's, for `down`'s last sweep.
             POD_MARKER: str(self.layout.root),
@@ -143,7 +120,7 @@ class NodeAgent:
             "allocatable": CAPACITY,
             "conditions": self._conditions(),
             "addresses": [
-                {"type": "InternalIP", "address": self.pool.gateway},
+                {"type": "InternalIP", "address": self.plan.node_ip},
                 {"type": "Hostname", "address": self.node},
             ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
@@ -272,7 +249,10 @@ class NodeAgent:
         with self.lock:
             if self.runners.get(runner.uid) is runner:
                 del self.runners[runner.uid]
-        self.pool.give_back(runner.ip)
+        try:
+            self.network.detach(runner.uid)
+        except podnet.NetworkError as err:
+            log(f"pod network of {runner.ns}/{runner.pod_name} not removed: {err}")
         runner.cleanup()
 
     def _sync_pod(self, pod: dict[str, Any], deleted: bool = False) -> None:
@@ -303,8 +283,8 @@ class NodeAgent:
         runner = PodRunner(
             self.api,
             pod,
-            self.pool.take(pod.get("status", {}).get("podIP")),
-            self.pool.gateway,
+            self.network,
+            self.plan.node_ip,
             self.pods_dir,
             self.base_env,
             CAPACITY,
@@ -313,7 +293,7 @@ class NodeAgent:
         )
         with self.lock:
             self.runners[uid] = runner
-        log(f"starting pod {pod['metadata']['namespace']}/{pod['metadata']['name']} at {runner.ip}")
+        log(f"starting pod {pod['metadata']['namespace']}/{pod['metadata']['name']}")
         runner.start()
 
     def _watch_loop(self) -> None:

@@ -9,6 +9,8 @@ home and tmp folder) and its processes. One :class:`PodRunner` thread per pod:
   to the folder that stands for it;
 * init containers run in order, then the containers, each in a process group of its own,
   with restarts and back-off by the restart policy;
+* the pod gets a network namespace of its own on the node's bridge (CNI, see
+  :mod:`e2e.podnet`) before anything runs, and every container and exec probe runs in it;
 * HTTP and TCP probes (startup, readiness, liveness) run against the pod IP;
 * the status (phase, conditions, container states, pod IP) is patched through the
   status subresource whenever it changes;
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from e2e import images
+from e2e.podnet import NetworkError, PodNet
 
 HERE = Path(__file__).resolve().parent
 BACKOFF_START = 10.0
@@ -166,6 +169,14 @@ class Container:
         return self.proc is not None and self.proc.poll() is None
 
 
+class Network(Protocol):
+    """Where pods get their network namespace and address (e2e.podnet.PodNetwork)."""
+
+    def attach(self, uid: str, namespace: str, name: str, want_ip: str | None) -> PodNet: ...
+
+    def detach(self, uid: str) -> None: ...
+
+
 class PodRunner(threading.Thread):
     """Runs one pod until it is deleted or the agent stops."""
 
@@ -173,7 +184,7 @@ class PodRunner(threading.Thread):
         self,
         kube: Kube,
         pod: dict[str, Any],
-        ip: str,
+        network: Network,
         host_ip: str,
         root: Path,
         base_env: dict[str, str],
@@ -188,7 +199,9 @@ class PodRunner(threading.Thread):
         self.uid = str(meta["uid"])
         self.ns = str(meta["namespace"])
         self.pod_name = str(meta["name"])
-        self.ip = ip
+        self.network = network
+        self.net: PodNet | None = None
+        self.ip = ""  # set once the pod's network is attached
         self.host_ip = host_ip
         self.dir = root / f"{self.ns}_{self.pod_name}_{self.uid}"
         self.base_env = base_env
@@ -248,10 +261,32 @@ class PodRunner(threading.Thread):
         finally:
             self.on_exit(self)
 
+    def _attach_network(self) -> bool:
+        """The pod's sandbox: its network namespace and address, retried like a kubelet."""
+        want = self.pod.get("status", {}).get("podIP") or None
+        warned = False
+        while not self.stop_event.is_set():
+            try:
+                self.net = self.network.attach(self.uid, self.ns, self.pod_name, want)
+            except NetworkError as err:
+                if not warned:
+                    self.event(self.pod, "Warning", "FailedCreatePodSandBox", str(err))
+                    warned = True
+                self.blocked = ("ContainerCreating", f"pod network: {err}")
+                self._sync_status()
+                self.stop_event.wait(1.0)
+                continue
+            self.ip = self.net.ip
+            self.blocked = None
+            return True
+        return False
+
     def _run(self) -> None:
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
         for sub in ("home", "tmp", "volumes"):
             (self.dir / sub).mkdir(exist_ok=True)
+        if not self._attach_network():
+            return
         self._set_condition("PodReadyToStartContainers", True)
         self._set_condition("Initialized", self.init_done)
         logs = ", ".join(str(c.log) for c in [*self.init_containers, *self.containers])
@@ -496,6 +531,8 @@ class PodRunner(threading.Thread):
         env = {k: v if own.get(k) == v else self.rewrite(v) for k, v in env.items()}
         for key, value in image.env.items():
             env.setdefault(key, value.replace("$(POD_IP)", self.ip))
+        if self.net is not None:
+            argv = [*self.net.enter(), *argv]
         workdir = spec.get("workingDir")
         cwd = self.mounts.path(str(workdir)) if workdir else str(self.dir / "home")
         if not Path(cwd).is_dir():
@@ -506,18 +543,9 @@ class PodRunner(threading.Thread):
         return argv, env, cwd
 
     def rewrite(self, value: str) -> str:
-        """A value the pod spec gave, as this machine needs it.
-
-        Mounted paths become their local folders. The unspecified address 0.0.0.0 (a
-        whole value or after ``=``) becomes the pod IP: in a pod it means the pod's own
-        network namespace, and here all pods share the machine's.
-        """
-        value = self.mounts.rewrite(value)
-        if value == "0.0.0.0":
-            return self.ip
-        if value.endswith("=0.0.0.0"):
-            return value[: -len("0.0.0.0")] + self.ip
-        return value
+        """A value the pod spec gave, as this machine needs it: mounted paths become
+        their local folders."""
+        return self.mounts.rewrite(value)
 
     def _field(self, path: str) -> str:
         meta = self.pod["metadata"]
@@ -586,7 +614,7 @@ class PodRunner(threading.Thread):
                 "MODELPILOT_POD": f"{self.ns}/{self.pod_name}",
             }
         )
-        # sitecustomize narrows binds on 0.0.0.0 to the pod IP (see e2e/podsite).
+        # sitecustomize stands in for the service-account mount (see e2e/podsite).
         pythonpath = [str(HERE / "podsite")]
         if self.base_env.get("PYTHONPATH"):
             pythonpath.append(self.base_env["PYTHONPATH"])
@@ -862,8 +890,7 @@ class PodRunner(threading.Thread):
             "phase": self.phase,
             "hostIP": self.host_ip,
             "hostIPs": [{"ip": self.host_ip}],
-            "podIP": self.ip,
-            "podIPs": [{"ip": self.ip}],
+            **({"podIP": self.ip, "podIPs": [{"ip": self.ip}]} if self.ip else {}),
             "startTime": self.start_time,
             "qosClass": self.pod.get("status", {}).get("qosClass", "BestEffort"),
             "conditions": list(self.conditions.values()),

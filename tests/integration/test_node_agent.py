@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import subprocess
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster import NODE_NAME, PROMETHEUS_PORT, pod_cidr, pod_processes
+from e2e.cluster import NODE_NAME, PROMETHEUS_PORT, net_plan, pod_cidr, pod_processes
 from e2e.kube import LocalCluster, wait_for
 
 pytestmark = pytest.mark.integration
@@ -178,9 +180,13 @@ def test_pod_gets_env_volumes_init_containers_and_its_own_address(
     init = status["initContainerStatuses"][0]
     assert init["state"]["terminated"]["exitCode"] == 0
     ip = status["podIP"]
+    # The server binds 0.0.0.0 in the pod's own network namespace.
     answer = http_get(f"http://{ip}:8080/")
-    assert answer == {"pod": "web", "address": f"{ip}:8080", "message": "hello from a ConfigMap"}
+    assert answer == {"pod": "web", "address": "0.0.0.0:8080", "message": "hello from a ConfigMap"}
     (pid,) = processes_of(running)
+    netns = Path("/var/run/netns") / net_plan().netns_name(running["metadata"]["uid"])
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino == netns.stat().st_ino
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
     environ = dict(
         entry.split("=", 1)
         for entry in Path(f"/proc/{pid}/environ").read_text().split("\0")
@@ -257,11 +263,60 @@ def test_replicas_share_a_port_on_their_own_addresses_and_scale(
         ip = pod["status"]["podIP"]
         assert http_get(f"http://{ip}:8080/")["pod"] == pod["metadata"]["name"]
 
-    # Pods live on 127.0.N.M, which EndpointSlice validation rejects: the Service exists
-    # but lists no endpoints here (see e2e/node_agent.py).
     net = ipaddress.ip_network(pod_cidr())
     assert all(ipaddress.ip_address(ip) in net for ip in ips)
-    assert str(next(net.hosts())) not in ips  # .1 is the node's
+    assert net_plan().node_ip not in ips  # the node's
+
+    # The Service's EndpointSlice lists both pods, and kube-proxy routes its ClusterIP to
+    # them, from this machine and from inside a pod.
+    def endpoints() -> list[str] | None:
+        found = local_cluster.get(
+            "endpointslices", "-n", namespace, "-l", "kubernetes.io/service-name=fleet"
+        )
+        got = sorted(
+            a
+            for s in (found or {}).get("items", [])
+            for e in s.get("endpoints") or []
+            if (e.get("conditions") or {}).get("ready")
+            for a in e["addresses"]
+        )
+        return got if got == ips else None
+
+    wait_for("the Service's EndpointSlice to list both pods", endpoints)
+    service_obj = local_cluster.get("service", "fleet", "-n", namespace)
+    assert service_obj is not None
+    cluster_ip = service_obj["spec"]["clusterIP"]
+    assert ipaddress.ip_address(cluster_ip) in ipaddress.ip_network(net_plan().service_cidr)
+    names = {p["metadata"]["name"] for p in two}
+
+    def answered_by_both(enter: list[str]) -> bool:
+        seen = set()
+        for _ in range(40):
+            out = subprocess.run(
+                [*enter, "curl", "-s", "-m", "3", f"http://{cluster_ip}/"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            if out:
+                seen.add(json.loads(out)["pod"])
+            if seen == names:
+                return True
+        return False
+
+    assert wait_for("the ClusterIP to reach both pods from the host", lambda: answered_by_both([]))
+    inside = ["nsenter", f"--net=/var/run/netns/{net_plan().netns_name(two[0]['metadata']['uid'])}"]
+    assert answered_by_both(inside), "a pod reaches the Service's pods through its ClusterIP"
+    # A pod has no route off this machine.
+    netns = net_plan().netns_name(two[0]["metadata"]["uid"])
+    off = subprocess.run(
+        ["ip", "-n", netns, "route", "get", "192.0.2.1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert off.returncode != 0
+    assert "unreachable" in off.stderr
 
     local_cluster.kubectl("scale", "deployment", "fleet", "-n", namespace, "--replicas=3")
     three = ready_pods(local_cluster, namespace, deployment_pods, 3)

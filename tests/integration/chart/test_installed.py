@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.cluster import PROMETHEUS_PORT
+from e2e.cluster import PROMETHEUS_PORT, PROMETHEUS_URL_FROM_PODS
 from e2e.demo import version_spec, write_models
 from e2e.kube import LocalCluster, wait_for
 from e2e.traffic import MeshDriver
@@ -104,7 +104,7 @@ def scenario(
             "watchNamespaces": [ns],
             "logFormat": "plain",
             "resyncPeriod": "10s",
-            "prometheus": {"url": PROM, "timeout": "5s"},
+            "prometheus": {"url": PROMETHEUS_URL_FROM_PODS, "timeout": "5s"},
         },
         "dashboards": {"namespace": ns},
         "prometheusRule": {"enabled": True},
@@ -310,7 +310,7 @@ def test_helm_upgrade_rolls_the_operator_and_keeps_serving(
             "logFormat": "plain",
             "logLevel": "debug",
             "resyncPeriod": "15s",
-            "prometheus": {"url": PROM, "timeout": "5s"},
+            "prometheus": {"url": PROMETHEUS_URL_FROM_PODS, "timeout": "5s"},
         },
         "dashboards": {"namespace": scenario.namespace},
         "prometheusRule": {"enabled": True},
