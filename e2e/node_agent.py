@@ -261,6 +261,7 @@ class NodeAgent:
             runner = self.runners.get(uid)
         if deleted:
             if runner is not None:
+                log(f"stopping pod {pod['metadata']['namespace']}/{pod['metadata']['name']}")
                 grace = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
                 runner.terminate(min(grace, SHUTDOWN_GRACE), delete_object=False)
             return
