@@ -405,21 +405,22 @@ def wrapper_gomod(
     A dependency's replace and exclude directives are ignored, so the wrapper repeats
     them; the godebug lines pick runtime defaults and are repeated as well. A replace
     that points into upstream's own tree (a module zip does not carry nested modules)
-    must be given a substitute in ``local`` (module -> ``target [version]``).
+    must be given a substitute in ``local`` (module -> ``target [version]``), which
+    may also override upstream's other replaces and add new ones.
     """
     local = dict(local or {})
     replaces: list[str] = []
     for entry in directives(upstream, "replace"):
-        if not is_local_replace(entry):
-            replaces.append(entry)
-            continue
         replaced = replaced_module(entry)
-        if replaced not in local:
+        if replaced in local:
+            replaces.append(f"{replaced} => {local.pop(replaced)}")
+        elif is_local_replace(entry):
             raise BuildError(
                 f"{module}@{version} replaces {replaced} with a folder of its own tree "
                 "that the module zip lacks, and the build knows no substitute"
             )
-        replaces.append(f"{replaced} => {local.pop(replaced)}")
+        else:
+            replaces.append(entry)
     replaces += [f"{m} => {target}" for m, target in local.items()]
     excludes = directives(upstream, "exclude")
     godebug = re.findall(r"^godebug\s+.*$", upstream, re.MULTILINE)
@@ -533,6 +534,7 @@ def prepare_wrapper(
     packages: Sequence[str],
     local: Mapping[str, str] | None = None,
     files: Mapping[str, str] | None = None,
+    setup: Callable[[Path], None] | None = None,
 ) -> tuple[Path, int]:
     """Make ``src/<name>``, a module that requires ``module@version`` and names
     ``packages``; resolve it and return it with the number of packages to compile.
@@ -540,7 +542,8 @@ def prepare_wrapper(
     ``go install pkg@version`` refuses a module with replace directives, and a module's
     own ``./`` replaces cannot work from the module cache; a wrapper module builds the
     same packages with upstream's dependency versions (see :func:`wrapper_gomod`).
-    ``files`` are extra files for the wrapper (substitutes named in ``local``).
+    ``files`` are extra files for the wrapper (substitutes named in ``local``), and
+    ``setup`` may add more to the fresh folder before dependencies are resolved.
     """
     gomod = Path(str(info["GoMod"])).read_text()
     go.require(go_directive(gomod))
@@ -551,6 +554,8 @@ def prepare_wrapper(
     for rel, text in (files or {}).items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_text(text)
+    if setup is not None:
+        setup(src)
     (src / "tools.go").write_text(tools_go(packages))
     go.output(["mod", "tidy"], cwd=src)
     total = len(go.output(["list", "-deps", *packages], cwd=src).split())
@@ -670,16 +675,110 @@ TRAEFIK_EXT_FILES = {
 }
 
 
+# Traefik's ACME support imports every DNS-01 challenge provider of lego (over 200, each
+# with a vendor SDK). Some of those SDKs are not served by the module proxy this project
+# builds from, and the local cluster never requests certificates, so Traefik is built
+# against a copy of its lego version whose provider table is empty: the DNS challenge
+# names no provider, everything else in lego (HTTP-01, TLS-ALPN-01) is upstream's.
+LEGO = "github.com/go-acme/lego/v5"
+LEGO_NO_DNS_PROVIDERS = """// Package dns maps DNS-01 challenge provider names to providers.
+// This build of Traefik carries none of them (see modelpilot's e2e/build.py).
+package dns
+
+import (
+\t"fmt"
+
+\t"github.com/go-acme/lego/v5/challenge"
+)
+
+// NewDNSChallengeProviderByName reports that no DNS-01 provider is built in.
+func NewDNSChallengeProviderByName(name string) (challenge.Provider, error) {
+\treturn nil, fmt.Errorf("unrecognized DNS provider: %s (built without DNS-01 providers)", name)
+}
+"""
+
+
+# Traefik replaces github.com/abbot/go-http-auth with a fork of its own at a version the
+# module proxy does not serve. The wrapper builds against a copy of the last upstream
+# release with the two functions Traefik calls beyond it: CheckSecret, the password
+# check that release's BasicAuth.CheckAuth does inline, and RequireAuthStale, the
+# challenge after a stale digest nonce. That release's DigestAuth.CheckAuth never
+# reports a stale nonce (it fails the request and challenges again), so Traefik does
+# not reach the latter; it answers as RequireAuth does.
+GO_HTTP_AUTH = ("github.com/abbot/go-http-auth", "v0.4.0")
+GO_HTTP_AUTH_ADDITIONS = """package auth
+
+import (
+\t"net/http"
+\t"strings"
+)
+
+// CheckSecret reports whether password matches the htpasswd secret (MD5-crypt, {SHA}
+// or bcrypt), as BasicAuth.CheckAuth compares them.
+func CheckSecret(password, secret string) bool {
+\tcompare := compareFuncs[0].compare
+\tfor _, cmp := range compareFuncs[1:] {
+\t\tif strings.HasPrefix(secret, cmp.prefix) {
+\t\t\tcompare = cmp.compare
+\t\t\tbreak
+\t\t}
+\t}
+\treturn compare([]byte(secret), []byte(password)) == nil
+}
+
+// RequireAuthStale challenges the client again after a stale nonce.
+func (a *DigestAuth) RequireAuthStale(w http.ResponseWriter, r *http.Request) {
+\ta.RequireAuth(w, r)
+}
+"""
+
+
+def copy_module(upstream: Path, dest: Path, emptied: Iterable[str] = ()) -> None:
+    """Copy a module from the (writable) module cache without its tests; the folders
+    named in ``emptied`` (relative, with ``/``) are copied empty."""
+    empty = {Path(e) for e in emptied}
+    shutil.copytree(
+        upstream,
+        dest,
+        ignore=lambda folder, names: (
+            names
+            if Path(folder).relative_to(upstream) in empty
+            else [n for n in names if n.endswith("_test.go") or n == "testdata"]
+        ),
+    )
+
+
+def traefik_setup(go: GoEnv, traefik_gomod: str) -> Callable[[Path], None]:
+    """A ``setup`` for Traefik's wrapper: ``./lego`` (no DNS providers) and
+    ``./go-http-auth`` (the last release plus two functions)."""
+    lego = Path(str(go.download(LEGO, required_version(traefik_gomod, LEGO))["Dir"]))
+    auth = Path(str(go.download(*GO_HTTP_AUTH)["Dir"]))
+
+    def setup(src: Path) -> None:
+        copy_module(lego, src / "lego", ["providers/dns"])
+        (src / "lego" / "providers" / "dns" / "dns_providers.go").write_text(LEGO_NO_DNS_PROVIDERS)
+        copy_module(auth, src / "go-http-auth", ["examples"])
+        # That release predates modules: the copy gets a go.mod, its imports resolve
+        # through the wrapper's requirements.
+        (src / "go-http-auth" / "go.mod").write_text(f"module {GO_HTTP_AUTH[0]}\n\ngo 1.16\n")
+        (src / "go-http-auth" / "modelpilot_additions.go").write_text(GO_HTTP_AUTH_ADDITIONS)
+
+    return setup
+
+
 def build_traefik(go: GoEnv) -> None:
     """Traefik v3, the local cluster's Gateway API implementation.
 
     The web UI's built assets are not in the module (they are made with npm); the
     embedded folder holds only a placeholder file, so the binary builds as it is and
     serves no dashboard pages (its API and the Gateway API provider are unaffected).
+    ACME DNS-01 providers are left out (see ``LEGO``), and basic/digest auth builds on
+    go-http-auth's last release (see ``GO_HTTP_AUTH``).
     """
     module = "github.com/traefik/traefik/v3"
     version = versions.TRAEFIK
     info = go.download(module, version)
+    gomod = Path(str(info["GoMod"])).read_text()
     makefile = (Path(str(info["Dir"])) / "Makefile").read_text()
     m = re.search(r"^CODENAME\s*\?=\s*(\S+)", makefile, re.MULTILINE)
     codename = m.group(1) if m else "cheddar"
@@ -692,8 +791,9 @@ def build_traefik(go: GoEnv) -> None:
         module,
         version,
         packages,
-        local={TRAEFIK_EXT: "./ext"},
+        local={TRAEFIK_EXT: "./ext", LEGO: "./lego", GO_HTTP_AUTH[0]: "./go-http-auth"},
         files=TRAEFIK_EXT_FILES,
+        setup=traefik_setup(go, gomod),
     )
     # As its Makefile and release configuration set them (the release drops the "v").
     ldflags = " ".join(

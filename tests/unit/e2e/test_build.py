@@ -150,3 +150,28 @@ def test_traefik_stand_in_declares_the_replaced_module() -> None:
     assert gomod.startswith(f"module {build.TRAEFIK_EXT}\n")
     assert "type HTTP struct{}" in build.TRAEFIK_EXT_FILES["ext/ext.go"]
     assert "type Router struct{}" in build.TRAEFIK_EXT_FILES["ext/ext.go"]
+
+
+def test_a_substitute_overrides_an_upstream_replace() -> None:
+    text = wrapper_gomod(
+        "app",
+        UPSTREAM,
+        "github.com/example/app/v3",
+        "v3.7.13",
+        {"github.com/example/ext": "./ext", "github.com/gorilla/mux": "./mux"},
+    )
+    assert "\tgithub.com/gorilla/mux => ./mux\n" in text
+    assert "github.com/fork/mux" not in text
+
+
+def test_module_copies_leave_out_tests_and_emptied_folders(tmp_path: Path) -> None:
+    upstream = tmp_path / "mod"
+    (upstream / "providers" / "dns" / "vendor1").mkdir(parents=True)
+    (upstream / "providers" / "dns" / "table.go").write_text("package dns\n")
+    (upstream / "providers" / "dns" / "vendor1" / "p.go").write_text("package vendor1\n")
+    (upstream / "challenge" / "testdata").mkdir(parents=True)
+    (upstream / "challenge" / "c.go").write_text("package challenge\n")
+    (upstream / "challenge" / "c_test.go").write_text("package challenge\n")
+    build.copy_module(upstream, tmp_path / "copy", ["providers/dns"])
+    copied = sorted(str(p.relative_to(tmp_path / "copy")) for p in (tmp_path / "copy").rglob("*"))
+    assert copied == ["challenge", "challenge/c.go", "providers", "providers/dns"]
