@@ -3,14 +3,16 @@
 Owns everything under ``~/.cache/modelpilot`` (or ``$MODELPILOT_CACHE``):
 
 * ``k8s/<version>/bin/``: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-  kubectl and helm, built from the Go module proxy with the machine's Go;
+  kube-proxy, kubectl, helm, prometheus, traefik and metrics-server, built from the Go
+  module proxy with the machine's Go;
+* ``k8s/<version>/bin/cni/``: the CNI plugins a pod network needs (a ``CNI_PATH``);
 * ``k8s/<version>/crds/``: the upstream CRDs the operator renders objects for;
 * ``k8s/<version>/manifest.json``: what was built from which pin, and how long it took;
 * ``go/``: a Go module and build cache of the project's own, so that its size can be
   measured and removed without touching any other Go work on the machine.
 
 Nothing upstream is vendored into the repository: the build makes small wrapper modules
-at build time, under the cache, and builds through them.
+at build time, under the cache (``k8s/<version>/src/``), and builds through them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -36,7 +38,22 @@ import yaml
 from e2e import versions
 
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
-BINARIES = ("etcd", *KUBE_COMMANDS, "helm", "prometheus")
+BINARIES = (
+    "etcd",
+    *KUBE_COMMANDS,
+    "kube-proxy",
+    "helm",
+    "prometheus",
+    "traefik",
+    "metrics-server",
+)
+# The CNI plugins built into ``bin/cni/``, with the folder in the plugins module of each.
+CNI_PLUGINS = {
+    "bridge": "plugins/main/bridge",
+    "host-local": "plugins/ipam/host-local",
+    "loopback": "plugins/main/loopback",
+    "portmap": "plugins/meta/portmap",
+}
 
 
 class BuildError(RuntimeError):
@@ -57,6 +74,11 @@ class CachePaths:
     @property
     def bin(self) -> Path:
         return self.k8s / "bin"
+
+    @property
+    def cni(self) -> Path:
+        """The CNI plugins, one binary per plugin: a folder to use as ``CNI_PATH``."""
+        return self.bin / "cni"
 
     @property
     def crds(self) -> Path:
@@ -112,6 +134,10 @@ def wanted_pins() -> dict[str, str]:
         "prometheus": versions.PROMETHEUS,
         "crds": f"istio-api={versions.ISTIO_API},gateway-api={versions.GATEWAY_API},"
         f"prometheus-operator={versions.PROMETHEUS_OPERATOR}",
+        "cni": versions.CNI_PLUGINS,
+        "kube-proxy": versions.KUBERNETES,
+        "traefik": versions.TRAEFIK,
+        "metrics-server": versions.METRICS_SERVER,
     }
 
 
@@ -145,16 +171,25 @@ def record_part(paths: CachePaths, part: str, seconds: float) -> None:
     write_manifest(paths, manifest)
 
 
+def part_outputs(paths: CachePaths) -> dict[str, list[Path]]:
+    """What each cached part leaves in the cache, in build order."""
+    return {
+        "etcd": [paths.binary("etcd")],
+        "helm": [paths.binary("helm")],
+        "kubernetes": [paths.binary(c) for c in KUBE_COMMANDS],
+        "crds": [paths.crds],
+        "prometheus": [paths.binary("prometheus")],
+        "cni": [paths.cni / name for name in CNI_PLUGINS],
+        "kube-proxy": [paths.binary("kube-proxy")],
+        "traefik": [paths.binary("traefik")],
+        "metrics-server": [paths.binary("metrics-server")],
+    }
+
+
 def is_complete(paths: CachePaths | None = None) -> bool:
     """True when every binary and the CRDs are cached at the pinned versions."""
     paths = paths or default_paths()
-    return (
-        part_is_cached(paths, "etcd", [paths.binary("etcd")])
-        and part_is_cached(paths, "helm", [paths.binary("helm")])
-        and part_is_cached(paths, "kubernetes", [paths.binary(c) for c in KUBE_COMMANDS])
-        and part_is_cached(paths, "crds", [paths.crds])
-        and part_is_cached(paths, "prometheus", [paths.binary("prometheus")])
-    )
+    return all(part_is_cached(paths, part, out) for part, out in part_outputs(paths).items())
 
 
 # --- running Go -------------------------------------------------------------------------
@@ -329,6 +364,87 @@ def required_version(gomod: str, module: str) -> str:
     return m.group(1)
 
 
+def directives(gomod: str, verb: str) -> list[str]:
+    """The entries of every ``verb`` directive (``replace``, ``exclude``), one-line or block."""
+    entries: list[str] = []
+    block = False
+    for raw in gomod.splitlines():
+        line = raw.split("//", 1)[0].strip()
+        if block:
+            if line == ")":
+                block = False
+            elif line:
+                entries.append(" ".join(line.split()))
+        elif line == f"{verb} (":
+            block = True
+        elif line.startswith(f"{verb} "):
+            entries.append(" ".join(line.removeprefix(f"{verb} ").split()))
+    return entries
+
+
+def is_local_replace(entry: str) -> bool:
+    """A replace whose target is a folder of the upstream tree, not a module version."""
+    target = entry.split("=>", 1)[1].strip()
+    return target.startswith(("./", "../", "/"))
+
+
+def replaced_module(entry: str) -> str:
+    """The module a replace entry replaces (its left side, without a version)."""
+    return entry.split("=>", 1)[0].split()[0]
+
+
+def wrapper_gomod(
+    name: str,
+    upstream: str,
+    module: str,
+    version: str,
+    local: Mapping[str, str] | None = None,
+) -> str:
+    """go.mod of a wrapper module that builds ``module@version`` as a dependency.
+
+    A dependency's replace and exclude directives are ignored, so the wrapper repeats
+    them; the godebug lines pick runtime defaults and are repeated as well. A replace
+    that points into upstream's own tree (a module zip does not carry nested modules)
+    must be given a substitute in ``local`` (module -> ``target [version]``), which
+    may also override upstream's other replaces and add new ones.
+    """
+    local = dict(local or {})
+    replaces: list[str] = []
+    for entry in directives(upstream, "replace"):
+        replaced = replaced_module(entry)
+        if replaced in local:
+            replaces.append(f"{replaced} => {local.pop(replaced)}")
+        elif is_local_replace(entry):
+            raise BuildError(
+                f"{module}@{version} replaces {replaced} with a folder of its own tree "
+                "that the module zip lacks, and the build knows no substitute"
+            )
+        else:
+            replaces.append(entry)
+    replaces += [f"{m} => {target}" for m, target in local.items()]
+    excludes = directives(upstream, "exclude")
+    godebug = re.findall(r"^godebug\s+.*$", upstream, re.MULTILINE)
+    text = f"module modelpilot.local/{name}-build\n\ngo {go_directive(upstream)}\n"
+    if godebug:
+        text += "\n" + "".join(f"{line}\n" for line in godebug)
+    text += f"\nrequire {module} {version}\n"
+    if replaces:
+        text += "\nreplace (\n" + "".join(f"\t{r}\n" for r in replaces) + ")\n"
+    if excludes:
+        text += "\nexclude (\n" + "".join(f"\t{e}\n" for e in excludes) + ")\n"
+    return text
+
+
+def tools_go(packages: Sequence[str]) -> str:
+    """A build-tagged file that imports the commands, so that go mod tidy keeps them."""
+    return (
+        "//go:build tools\n\n"
+        "// Package tools names the commands this module builds, for go mod tidy.\n"
+        "package tools\n\n"
+        "import (\n" + "".join(f'\t_ "{p}"\n' for p in packages) + ")\n"
+    )
+
+
 def module_time(info: dict[str, Any]) -> str:
     try:
         data = json.loads(Path(str(info["Info"])).read_text())
@@ -409,44 +525,85 @@ def build_helm(go: GoEnv) -> None:
         )
 
 
-def build_kubernetes(go: GoEnv) -> None:
-    """kube-apiserver, controller-manager, scheduler and kubectl from k8s.io/kubernetes.
+def prepare_wrapper(
+    go: GoEnv,
+    name: str,
+    info: dict[str, Any],
+    module: str,
+    version: str,
+    packages: Sequence[str],
+    local: Mapping[str, str] | None = None,
+    files: Mapping[str, str] | None = None,
+    setup: Callable[[Path], None] | None = None,
+) -> tuple[Path, int]:
+    """Make ``src/<name>``, a module that requires ``module@version`` and names
+    ``packages``; resolve it and return it with the number of packages to compile.
+
+    ``go install pkg@version`` refuses a module with replace directives, and a module's
+    own ``./`` replaces cannot work from the module cache; a wrapper module builds the
+    same packages with upstream's dependency versions (see :func:`wrapper_gomod`).
+    ``files`` are extra files for the wrapper (substitutes named in ``local``), and
+    ``setup`` may add more to the fresh folder before dependencies are resolved.
+    """
+    gomod = Path(str(info["GoMod"])).read_text()
+    go.require(go_directive(gomod))
+    src = go.paths.src / name
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
+    (src / "go.mod").write_text(wrapper_gomod(name, gomod, module, version, local))
+    for rel, text in (files or {}).items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(text)
+    if setup is not None:
+        setup(src)
+    (src / "tools.go").write_text(tools_go(packages))
+    go.output(["mod", "tidy"], cwd=src)
+    total = len(go.output(["list", "-deps", *packages], cwd=src).split())
+    return src, total
+
+
+def go_build(
+    go: GoEnv,
+    what: str,
+    src: Path,
+    packages: Sequence[str],
+    out: Path,
+    ldflags: str,
+    total: int,
+) -> None:
+    """``go build`` the packages of a wrapper module into the folder ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    go.run(
+        ["build", "-v", "-trimpath", f"-ldflags={ldflags}", "-o", f"{out}/", *packages],
+        what,
+        cwd=src,
+        total=total,
+    )
+
+
+def kubernetes_wrapper(go: GoEnv, name: str, commands: Sequence[str]) -> tuple[Path, int, str]:
+    """A wrapper module for commands of k8s.io/kubernetes; returns it, its package
+    count and the version ldflags.
 
     Its go.mod replaces the k8s.io/* staging modules with ./staging/..., which a
-    dependency's go.mod cannot do, so a wrapper module requires k8s.io/kubernetes and
-    replaces each staging module named there with its published v0.X.Y release.
+    dependency's go.mod cannot do, so the wrapper replaces each staging module named
+    there with its published v0.X.Y release.
     """
-    paths = go.paths
     say(f"downloading k8s.io/kubernetes {versions.KUBERNETES}")
     info = go.download("k8s.io/kubernetes", versions.KUBERNETES)
     gomod = Path(str(info["GoMod"])).read_text()
-    go.require(go_directive(gomod))
     staging_version = "v0." + versions.KUBERNETES.removeprefix("v1.")
     staging = staging_modules(gomod)
-    godebug = re.findall(r"^godebug\s+.*$", gomod, re.MULTILINE)
-
-    src = paths.src / "kubernetes"
-    shutil.rmtree(src, ignore_errors=True)
-    src.mkdir(parents=True)
-    replaces = "".join(f"\t{m} => {m} {staging_version}\n" for m in staging)
-    (src / "go.mod").write_text(
-        "module modelpilot.local/kubernetes-build\n\n"
-        f"go {go_directive(gomod)}\n\n"
-        # The main module's godebug settings pick runtime defaults; keep upstream's.
-        + "".join(f"{line}\n" for line in godebug)
-        + f"\nrequire k8s.io/kubernetes {versions.KUBERNETES}\n\n"
-        f"replace (\n{replaces})\n"
-    )
-    cmds = [f"k8s.io/kubernetes/cmd/{c}" for c in KUBE_COMMANDS]
-    (src / "tools.go").write_text(
-        "//go:build tools\n\n"
-        "// Package tools names the commands this module builds, for go mod tidy.\n"
-        "package tools\n\n"
-        "import (\n" + "".join(f'\t_ "{c}"\n' for c in cmds) + ")\n"
-    )
     say(f"resolving dependencies ({len(staging)} staging modules at {staging_version})")
-    go.output(["mod", "tidy"], cwd=src)
-
+    src, total = prepare_wrapper(
+        go,
+        name,
+        info,
+        "k8s.io/kubernetes",
+        versions.KUBERNETES,
+        [f"k8s.io/kubernetes/cmd/{c}" for c in commands],
+        local={m: f"{m} {staging_version}" for m in staging},
+    )
     major, minor = versions.KUBERNETES.removeprefix("v").split(".")[:2]
     values = {
         "gitVersion": versions.KUBERNETES,
@@ -462,16 +619,214 @@ def build_kubernetes(go: GoEnv) -> None:
         for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
         for key, value in values.items()
     ]
-    ldflags = " ".join(["-s -w", *xs])
-    total = len(go.output(["list", "-deps", *cmds], cwd=src).split())
-    paths.bin.mkdir(parents=True, exist_ok=True)
+    return src, total, " ".join(["-s -w", *xs])
+
+
+def build_kubernetes(go: GoEnv) -> None:
+    """kube-apiserver, controller-manager, scheduler and kubectl from k8s.io/kubernetes."""
+    src, total, ldflags = kubernetes_wrapper(go, "kubernetes", KUBE_COMMANDS)
     say(f"building {', '.join(KUBE_COMMANDS)} {versions.KUBERNETES} ({total} packages)")
-    go.run(
-        ["build", "-v", "-trimpath", f"-ldflags={ldflags}", "-o", str(paths.bin) + "/", *cmds],
-        "kubernetes",
-        cwd=src,
-        total=total,
+    cmds = [f"k8s.io/kubernetes/cmd/{c}" for c in KUBE_COMMANDS]
+    go_build(go, "kubernetes", src, cmds, go.paths.bin, ldflags, total)
+
+
+def build_kube_proxy(go: GoEnv) -> None:
+    """kube-proxy, from the same k8s.io/kubernetes as the control plane.
+
+    A part of its own, so that a cache built before it gains it without rebuilding
+    the control plane; most of its packages are already in the Go build cache then.
+    """
+    src, total, ldflags = kubernetes_wrapper(go, "kube-proxy", ["kube-proxy"])
+    say(f"building kube-proxy {versions.KUBERNETES} ({total} packages)")
+    cmds = ["k8s.io/kubernetes/cmd/kube-proxy"]
+    go_build(go, "kube-proxy", src, cmds, go.paths.bin, ldflags, total)
+
+
+def build_cni(go: GoEnv) -> None:
+    """The CNI plugins a bridge pod network needs, into ``bin/cni/``."""
+    module = "github.com/containernetworking/plugins"
+    version = versions.CNI_PLUGINS
+    info = go.download(module, version)
+    packages = [f"{module}/{folder}" for folder in CNI_PLUGINS.values()]
+    say(f"resolving CNI plugins {version} dependencies")
+    src, total = prepare_wrapper(go, "cni", info, module, version, packages)
+    # As its release workflow builds them.
+    ldflags = f"-s -w -X {module}/pkg/utils/buildversion.BuildVersion={version}"
+    say(f"building CNI plugins {', '.join(CNI_PLUGINS)} {version} ({total} packages)")
+    go_build(go, "cni", src, packages, go.paths.cni, ldflags, total)
+
+
+# Traefik's go.mod replaces github.com/traefik/traefik/dynamic/ext, a nested module of
+# its repository that module zips leave out and the proxy does not serve. It holds the
+# extension points of its dynamic configuration, empty in the open-source build; the
+# wrapper gets a module of its own with those empty types.
+TRAEFIK_EXT = "github.com/traefik/traefik/dynamic/ext"
+TRAEFIK_EXT_FILES = {
+    "ext/go.mod": f"module {TRAEFIK_EXT}\n\ngo 1.24.0\n",
+    "ext/ext.go": (
+        "// Package ext holds the extension points of Traefik's dynamic configuration,\n"
+        "// empty in the open-source build.\n"
+        "package ext\n\n"
+        "// HTTP extends dynamic.HTTP.\n"
+        "type HTTP struct{}\n\n"
+        "// Router extends dynamic.Router.\n"
+        "type Router struct{}\n"
+    ),
+}
+
+
+# Traefik's ACME support imports every DNS-01 challenge provider of lego (over 200, each
+# with a vendor SDK). Some of those SDKs are not served by the module proxy this project
+# builds from, and the local cluster never requests certificates, so Traefik is built
+# against a copy of its lego version whose provider table is empty: the DNS challenge
+# names no provider, everything else in lego (HTTP-01, TLS-ALPN-01) is upstream's.
+LEGO = "github.com/go-acme/lego/v5"
+LEGO_NO_DNS_PROVIDERS = """// Package dns maps DNS-01 challenge provider names to providers.
+// This build of Traefik carries none of them (see modelpilot's e2e/build.py).
+package dns
+
+import (
+\t"fmt"
+
+\t"github.com/go-acme/lego/v5/challenge"
+)
+
+// NewDNSChallengeProviderByName reports that no DNS-01 provider is built in.
+func NewDNSChallengeProviderByName(name string) (challenge.Provider, error) {
+\treturn nil, fmt.Errorf("unrecognized DNS provider: %s (built without DNS-01 providers)", name)
+}
+"""
+
+
+# Traefik replaces github.com/abbot/go-http-auth with a fork of its own at a version the
+# module proxy does not serve. The wrapper builds against a copy of the last upstream
+# release with the two functions Traefik calls beyond it: CheckSecret, the password
+# check that release's BasicAuth.CheckAuth does inline, and RequireAuthStale, the
+# challenge after a stale digest nonce. That release's DigestAuth.CheckAuth never
+# reports a stale nonce (it fails the request and challenges again), so Traefik does
+# not reach the latter; it answers as RequireAuth does.
+GO_HTTP_AUTH = ("github.com/abbot/go-http-auth", "v0.4.0")
+GO_HTTP_AUTH_ADDITIONS = """package auth
+
+import (
+\t"net/http"
+\t"strings"
+)
+
+// CheckSecret reports whether password matches the htpasswd secret (MD5-crypt, {SHA}
+// or bcrypt), as BasicAuth.CheckAuth compares them.
+func CheckSecret(password, secret string) bool {
+\tcompare := compareFuncs[0].compare
+\tfor _, cmp := range compareFuncs[1:] {
+\t\tif strings.HasPrefix(secret, cmp.prefix) {
+\t\t\tcompare = cmp.compare
+\t\t\tbreak
+\t\t}
+\t}
+\treturn compare([]byte(secret), []byte(password)) == nil
+}
+
+// RequireAuthStale challenges the client again after a stale nonce.
+func (a *DigestAuth) RequireAuthStale(w http.ResponseWriter, r *http.Request) {
+\ta.RequireAuth(w, r)
+}
+"""
+
+
+def copy_module(upstream: Path, dest: Path, emptied: Iterable[str] = ()) -> None:
+    """Copy a module from the (writable) module cache without its tests; the folders
+    named in ``emptied`` (relative, with ``/``) are copied empty."""
+    empty = {Path(e) for e in emptied}
+    shutil.copytree(
+        upstream,
+        dest,
+        ignore=lambda folder, names: (
+            names
+            if Path(folder).relative_to(upstream) in empty
+            else [n for n in names if n.endswith("_test.go") or n == "testdata"]
+        ),
     )
+
+
+def traefik_setup(go: GoEnv, traefik_gomod: str) -> Callable[[Path], None]:
+    """A ``setup`` for Traefik's wrapper: ``./lego`` (no DNS providers) and
+    ``./go-http-auth`` (the last release plus two functions)."""
+    lego = Path(str(go.download(LEGO, required_version(traefik_gomod, LEGO))["Dir"]))
+    auth = Path(str(go.download(*GO_HTTP_AUTH)["Dir"]))
+
+    def setup(src: Path) -> None:
+        copy_module(lego, src / "lego", ["providers/dns"])
+        (src / "lego" / "providers" / "dns" / "dns_providers.go").write_text(LEGO_NO_DNS_PROVIDERS)
+        copy_module(auth, src / "go-http-auth", ["examples"])
+        # That release predates modules: the copy gets a go.mod, its imports resolve
+        # through the wrapper's requirements.
+        (src / "go-http-auth" / "go.mod").write_text(f"module {GO_HTTP_AUTH[0]}\n\ngo 1.16\n")
+        (src / "go-http-auth" / "modelpilot_additions.go").write_text(GO_HTTP_AUTH_ADDITIONS)
+
+    return setup
+
+
+def build_traefik(go: GoEnv) -> None:
+    """Traefik v3, the local cluster's Gateway API implementation.
+
+    The web UI's built assets are not in the module (they are made with npm); the
+    embedded folder holds only a placeholder file, so the binary builds as it is and
+    serves no dashboard pages (its API and the Gateway API provider are unaffected).
+    ACME DNS-01 providers are left out (see ``LEGO``), and basic/digest auth builds on
+    go-http-auth's last release (see ``GO_HTTP_AUTH``).
+    """
+    module = "github.com/traefik/traefik/v3"
+    version = versions.TRAEFIK
+    info = go.download(module, version)
+    gomod = Path(str(info["GoMod"])).read_text()
+    makefile = (Path(str(info["Dir"])) / "Makefile").read_text()
+    m = re.search(r"^CODENAME\s*\?=\s*(\S+)", makefile, re.MULTILINE)
+    codename = m.group(1) if m else "cheddar"
+    say(f"resolving traefik {version} dependencies")
+    packages = [f"{module}/cmd/traefik"]
+    src, total = prepare_wrapper(
+        go,
+        "traefik",
+        info,
+        module,
+        version,
+        packages,
+        local={TRAEFIK_EXT: "./ext", LEGO: "./lego", GO_HTTP_AUTH[0]: "./go-http-auth"},
+        files=TRAEFIK_EXT_FILES,
+        setup=traefik_setup(go, gomod),
+    )
+    # As its Makefile and release configuration set them (the release drops the "v").
+    ldflags = " ".join(
+        [
+            "-s -w",
+            f"-X {module}/pkg/version.Version={version.removeprefix('v')}",
+            f"-X {module}/pkg/version.Codename={codename}",
+            f"-X {module}/pkg/version.BuildDate={module_time(info)}",
+        ]
+    )
+    say(f"building traefik {version} ({total} packages)")
+    go_build(go, "traefik", src, packages, go.paths.bin, ldflags, total)
+
+
+def build_metrics_server(go: GoEnv) -> None:
+    """metrics-server, the resource metrics API HPAs read, with its Makefile's ldflags."""
+    module = "sigs.k8s.io/metrics-server"
+    version = versions.METRICS_SERVER
+    info = go.download(module, version)
+    say(f"resolving metrics-server {version} dependencies")
+    packages = [f"{module}/cmd/metrics-server"]
+    src, total = prepare_wrapper(go, "metrics-server", info, module, version, packages)
+    pkg = "k8s.io/client-go/pkg/version"
+    ldflags = " ".join(
+        [
+            "-s -w",
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitCommit=",
+            f"-X {pkg}.buildDate={module_time(info)}",
+        ]
+    )
+    say(f"building metrics-server {version} ({total} packages)")
+    go_build(go, "metrics-server", src, packages, go.paths.bin, ldflags, total)
 
 
 @dataclass(frozen=True)
@@ -602,13 +957,18 @@ def human(n: int) -> str:
 def build(paths: CachePaths | None = None) -> CachePaths:
     """Build whatever is missing from the cache; builds nothing when all is cached."""
     paths = paths or default_paths()
-    steps: list[tuple[str, list[Path], Callable[[GoEnv], None]]] = [
-        ("etcd", [paths.binary("etcd")], build_etcd),
-        ("helm", [paths.binary("helm")], build_helm),
-        ("kubernetes", [paths.binary(c) for c in KUBE_COMMANDS], build_kubernetes),
-        ("crds", [paths.crds], fetch_crds),
-        ("prometheus", [paths.binary("prometheus")], build_prometheus),
-    ]
+    builders: dict[str, Callable[[GoEnv], None]] = {
+        "etcd": build_etcd,
+        "helm": build_helm,
+        "kubernetes": build_kubernetes,
+        "crds": fetch_crds,
+        "prometheus": build_prometheus,
+        "cni": build_cni,
+        "kube-proxy": build_kube_proxy,
+        "traefik": build_traefik,
+        "metrics-server": build_metrics_server,
+    }
+    steps = [(part, out, builders[part]) for part, out in part_outputs(paths).items()]
     paths.k8s.mkdir(parents=True, exist_ok=True)
     with (paths.k8s / ".lock").open("w") as lock:
         # One build at a time per cache: a second `build` (another checkout, a test

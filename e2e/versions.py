@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-# Control plane and kubectl, built from k8s.io/kubernetes with its staging modules
+# Control plane, kube-proxy and kubectl, built from k8s.io/kubernetes with its staging modules
 # replaced by their matching v0.X.Y releases.
 KUBERNETES: Final = "v1.36.3"
 
@@ -26,6 +26,15 @@ PROMETHEUS_OPERATOR: Final = "v0.85.0"
 # Prometheus 3.16.0 (its Go module numbers v3.X.Y as v0.3XX.Y). Debian's package lacks
 # Kubernetes service discovery, so it is built from the module like the rest.
 PROMETHEUS: Final = "v0.316.0"
+
+# Kubernetes networking plugins (bridge, host-local, loopback, portmap) for pod networks.
+CNI_PLUGINS: Final = "v1.10.0"
+
+# The Gateway API data plane: the newest v3.7 release the module proxy serves.
+TRAEFIK: Final = "v3.7.13"
+
+# The resource metrics API for HPAs (v0.8.0 is the approved release; newer ones exist).
+METRICS_SERVER: Final = "v0.8.0"
 
 # The Go toolchain to ask the module proxy for when the machine's Go is older than a
 # module's `go` directive.
