@@ -767,9 +767,6 @@ class Cluster:
             say(f"   cluster {plan.index}: no kube-proxy (one per machine, cluster 0 has it)")
             return
         binary = self.cache.binary("kube-proxy")
-        if not binary.exists():
-            say("   kube-proxy is not built: Services are not routed (make cluster-build)")
-            return
         ports = self.layout.ports
         self._spawn(
             "kube-proxy",

@@ -73,7 +73,7 @@ class NodeAgent:
         self.plan = config.plan
         self.cidr = self.plan.pod_cidr
         self.network = podnet.PodNetwork(
-            self.plan, buildmod.default_paths().bin / "cni", self.layout.root
+            self.plan, buildmod.default_paths().cni, self.layout.root
         )
         self.network.write_config()
         self.pods_dir = self.layout.root / "pods"
