@@ -14,6 +14,7 @@ broken cluster from hanging the run.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +87,14 @@ def wait_answers(
 
 
 def wait_route_read(driver: GatewayDriver, candidate: str, weight: int) -> float:
-    """When the driver first read the route with ``candidate`` at ``weight``."""
+    """When the driver first read the route with ``candidate`` at ``weight`` for good
+    (after its last read of another weight)."""
 
     def seen() -> float | None:
         _, reads = driver.recording.snapshot()
-        return next((t for t, w in reads if w.get(candidate, 0) == weight), None)
+        other = [t for t, w in reads if w.get(candidate, 0) != weight]
+        last_other = max(other) if other else float("-inf")
+        return next((t for t, w in reads if t > last_other and w.get(candidate, 0) == weight), None)
 
     at: float = wait_for(f"the route to read {candidate} at {weight}%", seen, 60, 0.5)
     return at
@@ -101,6 +105,11 @@ def measured(driver: GatewayDriver) -> list[StepShare]:
     shares = shares_per_step(sent, reads)
     for s in shares:
         print(f"observed split while the route said {s.weights}: {s.describe()}")
+    unnamed = Counter((s.code, s.matched) for s in sent if not s.version)
+    if unnamed:
+        t0 = sent[0].at if sent else 0.0
+        print(f"answers that named no version (code, matched): {dict(unnamed)}")
+        print("  at " + ", ".join(f"{s.at - t0:.1f}s" for s in sent if not s.version))
     return shares
 
 
@@ -263,10 +272,11 @@ def test_ab_test_through_traefik_sends_header_and_cookie_users_to_the_candidate(
     assert probe(host, gateway, rollout.name, {}) == {"v2"}
     driver.stop()
     # The driver's users: those with the header (a share of them, once the rule was on the
-    # route and Traefik had it) always got v2; the others got v1 until the promotion.
+    # route and Traefik had it) always got an answer from v2; the others got v1 until the
+    # promotion. (The rule waits for v2 to be ready: before, they would have got 503.)
+    measured(driver)
     sent, _ = driver.recording.snapshot()
     first_matched = min(s.at for s in sent if s.matched)
     during = [s for s in sent if first_matched + 2 <= s.at <= promoted_at - 1]
     assert {s.version for s in during if s.matched} == {"v2"}
     assert {s.version for s in during if not s.matched} == {"v1"}
-    measured(driver)
