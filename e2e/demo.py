@@ -58,6 +58,8 @@ RELEASE_NAMESPACE = "modelpilot-system"
 NAME = "fraud"
 TOTAL_STEPS = 8
 TERMINAL = {"Promoted", "RolledBack", "Failed"}
+# Runs of route weights with fewer requests measured are listed, not judged.
+MIN_JUDGED = 30
 
 
 class DemoError(RuntimeError):
@@ -445,8 +447,11 @@ def run_demo(rate: float) -> int:
     print(f"  {png}")
     sent, reads = recording.snapshot()
     for share in shares_per_step(sent, reads):
-        verdict = "within tolerance" if share.within() else "OUTSIDE tolerance"
         weights = " ".join(f"{v}={w}%" for v, w in sorted(share.weights.items()))
+        if share.n < MIN_JUDGED:
+            print(f"  route [{weights}]: {share.n} requests, too few to judge")
+            continue
+        verdict = "within tolerance" if share.within() else "OUTSIDE tolerance"
         print(f"  route [{weights}]: observed {share.describe()}  {verdict}")
     print(
         f"\nDone in {progress.elapsed():.0f}s. Look around:\n"
