@@ -881,6 +881,8 @@ class Cluster:
         self.kubectl("apply", "--server-side", "-f", "-", stdin=traefik_rbac())
         config = self.layout.root / "traefik.yml"
         config.write_text(traefik_config(self.layout))
+        # Traefik appends to its access log: one run's requests per file, as the other logs.
+        self.layout.log("traefik-access").unlink(missing_ok=True)
         self._spawn(
             "traefik",
             [str(binary), f"--configFile={config}"],

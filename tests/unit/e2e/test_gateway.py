@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from e2e.build import CachePaths
 from e2e.cluster import (
     GATEWAY_CLASS,
     GATEWAY_CONTROLLER,
     GATEWAY_NAME,
     GATEWAY_NAMESPACE,
     TRAEFIK_USER,
+    Cluster,
     Layout,
     Ports,
     conditions_true,
@@ -210,3 +212,12 @@ def test_shares_per_step_count_only_weighted_answers_inside_the_window() -> None
     assert first.unattributed == 1
     assert second.weights == {"v1": 100}
     assert second.counts == {"v1": 1}
+
+
+def test_without_traefik_up_says_so_and_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = Cluster(Layout(root=tmp_path / "cluster"), CachePaths(root=tmp_path / "cache"))
+    assert cluster.start_gateway() is False
+    assert "Traefik is not built" in capsys.readouterr().out
+    assert cluster.processes == []
