@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,9 @@ class Ports:
     prometheus: int = 19090
     kube_proxy_healthz: int = 18256
     kube_proxy_metrics: int = 18249
+    # Traefik: the Gateway's listener, and its own entry point for /ping and /api.
+    gateway: int = 18000
+    gateway_admin: int = 18081
 
     @classmethod
     def for_index(cls, index: int) -> Ports:
@@ -98,6 +101,34 @@ def pod_cidr() -> str:
 
 
 PROMETHEUS_PORT = Ports.for_index(cluster_index()).prometheus
+
+# The Gateway API data plane: Traefik, the controller of GatewayClass GATEWAY_CLASS, and the
+# one Gateway that ModelDeployments with router gatewayApi name in routing.parentRefs. Its
+# listener is Traefik's entry point on 127.0.0.1:GATEWAY_PORT.
+TRAEFIK_USER = "modelpilot:traefik"
+GATEWAY_CONTROLLER = "traefik.io/gateway-controller"
+GATEWAY_CLASS = "traefik"
+GATEWAY_NAMESPACE = "modelpilot-gateway"
+GATEWAY_NAME = "modelpilot"
+GATEWAY_PORT = Ports.for_index(cluster_index()).gateway
+GATEWAY_URL = f"http://127.0.0.1:{GATEWAY_PORT}"
+
+
+def gateway_host(name: str, namespace: str) -> str:
+    """The hostname the tests and the demo give a ModelDeployment's HTTPRoute (``.test``
+    is reserved: no name of it resolves anywhere)."""
+    return f"{name}.{namespace}.gateway.test"
+
+
+def gateway_routing(name: str, namespace: str) -> dict[str, Any]:
+    """``spec.routing`` for router gatewayApi on the cluster's Gateway, on its own host."""
+    return {
+        "router": "gatewayApi",
+        "parentRefs": [{"name": GATEWAY_NAME, "namespace": GATEWAY_NAMESPACE}],
+        "hosts": [gateway_host(name, namespace)],
+    }
+
+
 # Prometheus as pods (the operator's chart, the demo) reach it: through the pod gateway.
 PROMETHEUS_URL_FROM_PODS = f"http://{net_plan().node_ip}:{PROMETHEUS_PORT}"
 
@@ -531,6 +562,7 @@ class Cluster:
                 self._wait("the node to be Ready", lambda: node_ready(Api(self.layout)))
             if prometheus:
                 self.start_prometheus()
+            self.start_gateway()
             return 0.0
         if self.processes:
             say("a previous cluster is partly running: stopping it first")
@@ -670,6 +702,8 @@ class Cluster:
         )
         self._mark_identity(api)
         self._finish_crd_install(crds)
+        # After the CRDs: Traefik watches the Gateway API kinds from its start.
+        self.start_gateway()
         if node:
             self._wait("the node to be Ready", lambda: node_ready(api))
         if prometheus:
@@ -812,6 +846,47 @@ class Cluster:
         )
         self._wait("Prometheus /-/ready", lambda: http_ok(f"{url}/-/ready"), ["prometheus"])
         say(f"Prometheus at {url}")
+
+    def start_gateway(self) -> bool:
+        """Traefik as the Gateway API data plane, its GatewayClass and the Gateway; idempotent.
+
+        Returns False (and says so) when Traefik is not built: HTTPRoutes are then written
+        but nothing enforces them.
+        """
+        binary = self.cache.binary("traefik")
+        if not binary.exists():
+            say("   Traefik is not built: HTTPRoutes are not enforced (make cluster-build)")
+            return False
+        existing = self.process("traefik")
+        if existing is None or not existing.alive():
+            self._start_traefik(binary)
+        self.kubectl("apply", "--server-side", "-f", "-", stdin=gateway_manifests(self.layout))
+        api = Api(self.layout)
+        self._wait(
+            f"Gateway {GATEWAY_NAMESPACE}/{GATEWAY_NAME} to be Accepted and Programmed",
+            lambda: gateway_programmed(api),
+            ["traefik"],
+        )
+        say(f"Gateway {GATEWAY_NAMESPACE}/{GATEWAY_NAME} (Traefik) at {GATEWAY_URL}")
+        return True
+
+    def _start_traefik(self, binary: Path) -> None:
+        pki = Pki(self.layout.pki)
+        pair = pki.issue("traefik", TRAEFIK_USER)
+        kubeconfig = self.layout.component_kubeconfig("traefik")
+        write_kubeconfig(kubeconfig, self.layout.server, pki.ca.cert, pair, TRAEFIK_USER)
+        self.kubectl("apply", "--server-side", "-f", "-", stdin=traefik_rbac())
+        config = self.layout.root / "traefik.yml"
+        config.write_text(traefik_config(self.layout))
+        # Traefik appends to its access log: one run's requests per file, as the other logs.
+        self.layout.log("traefik-access").unlink(missing_ok=True)
+        self._spawn(
+            "traefik",
+            [str(binary), f"--configFile={config}"],
+            env=traefik_env(os.environ, kubeconfig),
+        )
+        ping = f"http://127.0.0.1:{self.layout.ports.gateway_admin}/ping"
+        self._wait("Traefik /ping", lambda: http_ok(ping), ["traefik"])
 
     def _sweep_pod_processes(self, quiet: bool) -> None:
         """Kill pod processes an agent left behind (it was killed, or crashed).
@@ -956,6 +1031,144 @@ def prometheus_rbac() -> str:
         ],
     }
     return yaml.safe_dump_all([role, binding])
+
+
+def traefik_rbac() -> str:
+    """The ClusterRole Traefik's documentation lists for its kubernetesGateway provider,
+    bound to the client certificate's user (the pods rule, for OpenTelemetry, left out)."""
+    read = ["get", "list", "watch"]
+    gateway_kinds = [
+        "gatewayclasses",
+        "gateways",
+        "httproutes",
+        "grpcroutes",
+        "tcproutes",
+        "tlsroutes",
+        "referencegrants",
+        "backendtlspolicies",
+    ]
+    rules = [
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+        {"apiGroups": [""], "resources": ["services", "secrets", "configmaps"], "verbs": read},
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["list", "watch"],
+        },
+        {"apiGroups": ["gateway.networking.k8s.io"], "resources": gateway_kinds, "verbs": read},
+        {
+            "apiGroups": ["gateway.networking.k8s.io"],
+            "resources": [f"{k}/status" for k in gateway_kinds],
+            "verbs": ["update"],
+        },
+    ]
+    name = "modelpilot-local-traefik"
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": rules,
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": TRAEFIK_USER}
+        ],
+    }
+    return yaml.safe_dump_all([role, binding])
+
+
+def traefik_config(layout: Layout) -> str:
+    """Traefik's static configuration: one entry point for the Gateway's listener, one for
+    /ping and the API, and the kubernetesGateway provider (its client from KUBECONFIG)."""
+    ports = layout.ports
+    config = {
+        # Nothing leaves the machine: no version check, no anonymous statistics.
+        "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
+        # The provider maps a Gateway listener to the entry point with the same port.
+        "entryPoints": {
+            "web": {"address": f"127.0.0.1:{ports.gateway}"},
+            "traefik": {"address": f"127.0.0.1:{ports.gateway_admin}"},
+        },
+        "ping": {"entryPoint": "traefik"},
+        # /api/rawdata shows the routers and weighted services Traefik built from the routes.
+        "api": {"insecure": True, "dashboard": False},
+        "providers": {
+            # A weight change reaches the data plane within about this long.
+            "providersThrottleDuration": "500ms",
+            "kubernetesGateway": {"statusAddress": {"ip": "127.0.0.1"}},
+        },
+        "log": {"level": "INFO", "noColor": True},
+        "accessLog": {"filePath": str(layout.log("traefik-access")), "format": "json"},
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def traefik_env(base: Mapping[str, str], kubeconfig: Path) -> dict[str, str]:
+    """Traefik's environment: the cluster's kubeconfig (the provider's client takes it from
+    KUBECONFIG), never an in-cluster identity nor a proxy between it and the pods."""
+    drop = {"KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"}
+    env = {k: v for k, v in base.items() if k not in drop and not k.lower().endswith("_proxy")}
+    env["KUBECONFIG"] = str(kubeconfig)
+    return env
+
+
+def gateway_manifests(layout: Layout) -> str:
+    """The GatewayClass Traefik controls and the Gateway HTTPRoutes of any namespace attach
+    to, its one HTTP listener on Traefik's ``web`` entry point."""
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": GATEWAY_NAMESPACE}}
+    gateway_class = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GatewayClass",
+        "metadata": {"name": GATEWAY_CLASS},
+        "spec": {"controllerName": GATEWAY_CONTROLLER},
+    }
+    gateway = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": GATEWAY_NAME, "namespace": GATEWAY_NAMESPACE},
+        "spec": {
+            "gatewayClassName": GATEWAY_CLASS,
+            "listeners": [
+                {
+                    "name": "http",
+                    "protocol": "HTTP",
+                    "port": layout.ports.gateway,
+                    "allowedRoutes": {"namespaces": {"from": "All"}},
+                }
+            ],
+        },
+    }
+    return yaml.safe_dump_all([namespace, gateway_class, gateway])
+
+
+def conditions_true(obj: dict[str, Any] | None, *types: str) -> bool:
+    """Every condition in ``types`` is True on ``obj`` and observed its latest generation."""
+    if obj is None:
+        return False
+    generation = obj.get("metadata", {}).get("generation")
+    found = {
+        c.get("type"): c
+        for c in (obj.get("status") or {}).get("conditions") or []
+        if isinstance(c, dict)
+    }
+    for t in types:
+        c = found.get(t)
+        if c is None or c.get("status") != "True":
+            return False
+        if generation is not None and c.get("observedGeneration") not in (None, generation):
+            return False
+    return True
+
+
+def gateway_programmed(api: Api) -> bool:
+    gw = api.get_json(
+        f"/apis/gateway.networking.k8s.io/v1/namespaces/{GATEWAY_NAMESPACE}/gateways/{GATEWAY_NAME}"
+    )
+    return conditions_true(gw, "Accepted", "Programmed")
 
 
 def prometheus_config(layout: Layout) -> str:

@@ -3,19 +3,21 @@ candidate.
 
 1. build the local cluster's binaries (cached; the first run compiles them from Go modules)
 2. start the cluster: etcd, kube-apiserver, controllers, a node that runs pods as local
-   processes, and Prometheus
+   processes, Prometheus, and Traefik as the Gateway API data plane
 3. `helm install` the chart (the operator runs as a pod under its ServiceAccount)
 4. write two sample ONNX models (a classifier, and a differently trained one)
 5. deploy a ModelDeployment serving version v1
 6. roll out v2 as a canary under generated traffic, shown live, until it is promoted
 7. roll out v3, which answers 20% errors, until it is rolled back
-8. write a plot of the traffic weights and latency per version over time
+8. write a plot of the traffic weights and latency per version over time, and the split
+   measured per step
 
 `python -m e2e.demo down` uninstalls the release and stops the cluster.
 
-The traffic comes from :class:`e2e.traffic.MeshDriver`, which stands in for the mesh's data
-plane (there is no Istio here): it splits requests by the weights it reads back from the
-VirtualService the operator wrote.
+The ModelDeployment uses router ``gatewayApi``: the operator writes an HTTPRoute on the
+cluster's Gateway, and the traffic (:class:`e2e.traffic.GatewayDriver`) goes through
+Traefik, which enforces it. Which version answered each request is what the runtime says
+in its response, so the split shown is observed, not computed.
 """
 
 from __future__ import annotations
@@ -33,8 +35,18 @@ from typing import Any
 import yaml
 
 from e2e import build as buildmod
-from e2e.cluster import PROMETHEUS_PORT, PROMETHEUS_URL_FROM_PODS, Cluster, ClusterError
-from e2e.traffic import MeshDriver, Recording
+from e2e.cluster import (
+    GATEWAY_NAME,
+    GATEWAY_NAMESPACE,
+    GATEWAY_URL,
+    PROMETHEUS_PORT,
+    PROMETHEUS_URL_FROM_PODS,
+    Cluster,
+    ClusterError,
+    gateway_host,
+    gateway_routing,
+)
+from e2e.traffic import GatewayDriver, Recording, shares_per_step
 from modelpilot_operator.k8s.client import ApiServer
 from modelpilot_operator.k8s.kinds import MODEL_DEPLOYMENT
 
@@ -46,6 +58,8 @@ RELEASE_NAMESPACE = "modelpilot-system"
 NAME = "fraud"
 TOTAL_STEPS = 8
 TERMINAL = {"Promoted", "RolledBack", "Failed"}
+# Runs of route weights with fewer requests measured are listed, not judged.
+MIN_JUDGED = 30
 
 
 class DemoError(RuntimeError):
@@ -142,7 +156,7 @@ def manifest(versions: list[dict[str, Any]], stable: str, candidate: str | None)
         "spec": {
             "versions": versions,
             "stable": stable,
-            "routing": {"router": "istio", "hosts": [f"{NAME}.{NAMESPACE}.svc.cluster.local"]},
+            "routing": gateway_routing(NAME, NAMESPACE),
         },
     }
     if candidate:
@@ -220,7 +234,7 @@ class Demo:
 
         _wait(f"{NAME} to be Ready", ready, timeout)
 
-    def watch_rollout(self, driver: MeshDriver, expect: str, timeout: float = 600) -> str:
+    def watch_rollout(self, driver: GatewayDriver, expect: str, timeout: float = 600) -> str:
         """Print the rollout live until it ends; returns the final phase."""
         started = time.monotonic()
         last_line = ""
@@ -237,7 +251,8 @@ class Demo:
             step = str(st.get("step", "-"))
             line = (
                 f"  {time.monotonic() - started:5.0f}s  phase={phase:<17} step={step:<2}"
-                f" weights[{weights}]  traffic {len(recent) / 5:4.1f} req/s, {errors} errors/5s"
+                f" weights[{weights}]  observed[{observed(recent)}]"
+                f"  {len(recent) / 5:4.1f} req/s, {errors} errors/5s"
             )
             if line != last_line:
                 print(line, flush=True)
@@ -279,6 +294,14 @@ class Demo:
         self.timeline.append((time.time(), str(decided.get("phase")), dict(weights)))
 
 
+def observed(sent: Sequence[Any]) -> str:
+    """The share of requests each version answered, as the runtimes named themselves."""
+    named = [s.version for s in sent if s.version]
+    if not named:
+        return "-"
+    return " ".join(f"{v}={100 * named.count(v) / len(named):.0f}%" for v in sorted(set(named)))
+
+
 def _num(value: Any) -> str:
     return "-" if value is None else f"{float(value):.4g}"
 
@@ -300,15 +323,33 @@ def plot(
         return
     t0 = min(s.at for s in sent)
     fig, (ax_w, ax_l, ax_e) = plt.subplots(3, 1, figsize=(11, 9), sharex=True)
-    versions = sorted({s.version for s in sent} | {v for _, w in weights for v in w})
-    for v in versions:
-        ax_w.step(
-            [t - t0 for t, _ in weights], [w.get(v, 0) for _, w in weights], where="post", label=v
-        )
-    ax_w.set_ylabel("weight (%)")
-    ax_w.set_title("modelpilot demo: canary of v2 (promoted), then v3 (rolled back)")
-    ax_w.legend(loc="upper right")
+    versions = sorted({s.version for s in sent if s.version} | {v for _, w in weights for v in w})
     bin_s = 5.0
+    answered: dict[int, list[str]] = {}
+    for s in sent:
+        if s.version and not s.matched and not s.mirrored:
+            answered.setdefault(int((s.at - t0) // bin_s), []).append(s.version)
+    for v in versions:
+        (line,) = ax_w.step(
+            [t - t0 for t, _ in weights],
+            [w.get(v, 0) for _, w in weights],
+            where="post",
+            label=f"{v} route weight",
+        )
+        # What the gateway did: the share each version answered, per bin.
+        ax_w.plot(
+            [(b + 0.5) * bin_s for b in sorted(answered)],
+            [100 * answered[b].count(v) / len(answered[b]) for b in sorted(answered)],
+            linestyle="none",
+            marker=".",
+            color=line.get_color(),
+            label=f"{v} observed",
+        )
+    ax_w.set_ylabel("share (%)")
+    ax_w.set_title(
+        "modelpilot demo: canary of v2 (promoted), then v3 (rolled back), through Traefik"
+    )
+    ax_w.legend(loc="center right", fontsize=8)
     for v in versions:
         rows = sorted(
             (s.at - t0, s.latency * 1000) for s in sent if s.version == v and s.code < 500
@@ -360,9 +401,11 @@ def run_demo(rate: float) -> int:
     progress.step("Building the local cluster (cached after the first run)")
     buildmod.build()
 
-    progress.step("Starting the local cluster with a process node and Prometheus")
+    progress.step("Starting the local cluster with a process node, Prometheus and Traefik")
     cluster = Cluster()
     cluster.up(node=True, prometheus=True)
+    if not cluster.start_gateway():
+        raise DemoError("the demo sends its traffic through Traefik, which is not built")
     demo = Demo(cluster)
 
     progress.step("Installing the modelpilot chart (CRDs, RBAC, operator, dashboards)")
@@ -380,8 +423,9 @@ def run_demo(rate: float) -> int:
     demo.wait_ready()
     print("  " + demo.kubectl("get", "modeldeployments", "-n", NAMESPACE).replace("\n", "\n  "))
 
-    progress.step("Canary of v2 under traffic (the mesh stand-in splits by the route)")
-    driver = MeshDriver(demo.api, NAMESPACE, NAME, rate=rate).start()
+    host = gateway_host(NAME, NAMESPACE)
+    progress.step(f"Canary of v2 under traffic through the Gateway ({GATEWAY_URL}, Host {host})")
+    driver = GatewayDriver(demo.api, NAMESPACE, NAME, url=GATEWAY_URL, host=host, rate=rate).start()
     try:
         demo.apply(manifest([v1, v2], "v1", "v2"))
         demo.watch_rollout(driver, expect="Promoted")
@@ -397,16 +441,28 @@ def run_demo(rate: float) -> int:
     finally:
         recording = driver.stop()
 
-    progress.step("Writing the plot")
+    progress.step("Writing the plot; the split Traefik made at each step")
     png = OUT / "rollout.png"
     plot(recording, png, demo.timeline)
     print(f"  {png}")
+    sent, reads = recording.snapshot()
+    for share in shares_per_step(sent, reads):
+        weights = " ".join(f"{v}={w}%" for v, w in sorted(share.weights.items()))
+        if share.n < MIN_JUDGED:
+            print(f"  route [{weights}]: {share.n} requests, too few to judge")
+            continue
+        verdict = "within tolerance" if share.within() else "OUTSIDE tolerance"
+        print(f"  route [{weights}]: observed {share.describe()}  {verdict}")
     print(
         f"\nDone in {progress.elapsed():.0f}s. Look around:\n"
         f"  eval $(.venv/bin/python -m e2e.cluster env)\n"
         f"  kubectl get modeldeployments -n {NAMESPACE}\n"
         f"  .venv/bin/modelpilot status {NAME} -n {NAMESPACE}\n"
-        f"  kubectl get deploy,svc,virtualservice,destinationrule -n {NAMESPACE}\n"
+        f"  kubectl get deploy,svc,httproute -n {NAMESPACE}\n"
+        f"  kubectl get gateway {GATEWAY_NAME} -n {GATEWAY_NAMESPACE}\n"
+        f"  curl -H 'Host: {host}' {GATEWAY_URL}/v2/models/{NAME}/infer -d "
+        '\'{"inputs":[{"name":"input","shape":[1,8],"datatype":"FP32",'
+        '"data":[0,0,0,0,0,0,0,0]}]}\'\n'
         f"  kubectl describe modeldeployment {NAME} -n {NAMESPACE}   # events: every decision\n"
         f"  Prometheus: http://127.0.0.1:{PROMETHEUS_PORT}\n"
         f"  make demo-down   # uninstall and stop the cluster"

@@ -17,13 +17,14 @@ import pytest
 
 from e2e import podnet
 from e2e.build import cache_root, default_paths
-from e2e.cluster import REPO_ROOT
+from e2e.cluster import REPO_ROOT, Ports, port_in_use
 from e2e.kube import wait_for
 
 pytestmark = pytest.mark.integration
 
 INDEX = 7
 PLAN = podnet.NetPlan(INDEX)
+GATEWAY_PORT = Ports.for_index(INDEX).gateway
 
 
 def out(*argv: str) -> str:
@@ -113,6 +114,10 @@ def test_down_removes_every_namespace_link_rule_and_address(tmp_path: Path) -> N
         assert during["routes"]
         assert during["addresses"]
         assert PLAN.guard_table in during["nftables"]
+        # Traefik, where it is built, serves cluster 7's Gateway on its own port.
+        traefik_built = default_paths().binary("traefik").exists()
+        assert port_in_use(GATEWAY_PORT) == traefik_built
     finally:
         cli("down")
     assert host_state() == before
+    assert not port_in_use(GATEWAY_PORT)

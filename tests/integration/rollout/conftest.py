@@ -1,10 +1,13 @@
 """Fixtures of the rollout end-to-end tests: the operator as a real process, Prometheus,
 two sample classifiers, and a :class:`Rollout` helper per test.
 
-The traffic comes from :class:`e2e.traffic.MeshDriver`, which stands in for the mesh's
-data plane (there is no Istio here): it splits requests by the weights it reads back from
-the VirtualService the operator wrote, and mirrors a copy to the candidate when the route
-says so.
+With router ``istio`` (the default here) the traffic comes from
+:class:`e2e.traffic.MeshDriver`, which stands in for the mesh's data plane (there is no
+Envoy for this machine): it splits requests by the weights it reads back from the
+VirtualService the operator wrote, and mirrors a copy to the candidate when the route says
+so. With router ``gatewayApi`` (:func:`e2e.cluster.gateway_routing`) it comes from
+:class:`e2e.traffic.GatewayDriver`: requests go through the cluster's Gateway, and Traefik
+enforces the HTTPRoute.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.cluster import PROMETHEUS_PORT
+from e2e.cluster import GATEWAY_URL, PROMETHEUS_PORT, gateway_host
 from e2e.demo import version_spec, write_models
 from e2e.kube import LocalCluster, wait_for
 from e2e.operator_process import OperatorProcess
-from e2e.traffic import MeshDriver
+from e2e.traffic import GatewayDriver, MeshDriver
 from modelpilot_operator.k8s.client import ApiServer
 from modelpilot_operator.k8s.kinds import MODEL_DEPLOYMENT
 
@@ -37,6 +40,14 @@ ROLLOUT_TIMEOUT = 480.0
 def prometheus(local_cluster: LocalCluster) -> str:
     local_cluster.cluster.start_prometheus()
     return PROMETHEUS_URL
+
+
+@pytest.fixture(scope="session")
+def gateway(local_cluster: LocalCluster) -> str:
+    """The Gateway Traefik programs (``up`` starts it); its URL. Skips without Traefik."""
+    if not local_cluster.cluster.start_gateway():
+        pytest.skip("Traefik is not built: no Gateway API data plane (make cluster-build)")
+    return GATEWAY_URL
 
 
 @pytest.fixture(scope="session")
@@ -94,15 +105,20 @@ class Rollout:
     namespace: str
     api: ApiServer
     name: str = NAME
-    driver: MeshDriver | None = None
+    driver: MeshDriver | GatewayDriver | None = None
     applied: list[dict[str, Any]] = field(default_factory=list)
+    routing: dict[str, Any] = field(default_factory=lambda: {"router": "istio"})
+
+    @property
+    def through_gateway(self) -> bool:
+        return self.routing.get("router") == "gatewayApi"
 
     def apply(self, spec: dict[str, Any]) -> None:
         obj = {
             "apiVersion": "modelpilot.io/v1alpha1",
             "kind": "ModelDeployment",
             "metadata": {"name": self.name, "namespace": self.namespace},
-            "spec": {"routing": {"router": "istio"}, **spec},
+            "spec": {"routing": self.routing, **spec},
         }
         self.applied.append(obj)
         self.cluster.kubectl(
@@ -149,9 +165,22 @@ class Rollout:
 
     def start_traffic(
         self, rate: float = 20.0, body: Callable[[random.Random], dict[str, Any]] | None = None
-    ) -> MeshDriver:
-        """The mesh stand-in: requests split by the weights read back from the route."""
-        driver = MeshDriver(self.api, self.namespace, self.name, rate=rate, body=body)
+    ) -> MeshDriver | GatewayDriver:
+        """Through the Gateway with router gatewayApi; otherwise the mesh stand-in, which
+        splits requests by the weights read back from the route."""
+        driver: MeshDriver | GatewayDriver
+        if self.through_gateway:
+            driver = GatewayDriver(
+                self.api,
+                self.namespace,
+                self.name,
+                url=GATEWAY_URL,
+                host=gateway_host(self.name, self.namespace),
+                rate=rate,
+                body=body,
+            )
+        else:
+            driver = MeshDriver(self.api, self.namespace, self.name, rate=rate, body=body)
         self.driver = driver.start()
         return driver
 

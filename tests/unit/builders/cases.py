@@ -69,7 +69,11 @@ CASES = [
                 {"header": "x-user-group", "prefix": "beta"},
             ],
         ),
-        status={"phase": "Progressing", "desiredWeights": {"v1": 100, "v2": 0}},
+        status={
+            "phase": "Progressing",
+            "desiredWeights": {"v1": 100, "v2": 0},
+            "stepStartedAt": "2026-01-01T00:00:00Z",
+        },
     ),
     BuildCase(
         "shadow-gateway-api",
@@ -96,7 +100,11 @@ CASES = [
             ),
             routing={"router": "gatewayApi"},
         ),
-        status={"phase": "AwaitingPromotion", "desiredWeights": {"v1": 100}},
+        status={
+            "phase": "AwaitingPromotion",
+            "desiredWeights": {"v1": 100},
+            "stepStartedAt": "2026-01-01T00:00:00Z",
+        },
     ),
     BuildCase(
         "router-none-pvc",

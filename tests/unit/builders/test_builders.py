@@ -243,10 +243,26 @@ def test_unusable_weights_fall_back_to_stable(weights: dict[str, int]) -> None:
 
 def test_ab_match_is_active_only_while_the_rollout_runs() -> None:
     spec = _spec({"strategy": "abTest", "match": [{"header": "x-group", "exact": "beta"}]})
-    running = desired_traffic(spec, _status(phase="Progressing", desiredWeights={"v1": 100}))
+    started = {"stepStartedAt": "2026-12-03T06:00:00Z"}
+    running = desired_traffic(
+        spec, _status(phase="Progressing", desiredWeights={"v1": 100}, **started)
+    )
     assert running.match_version == "v2"
+    waiting = desired_traffic(
+        spec, _status(phase="AwaitingPromotion", desiredWeights={"v1": 100}, step=0, **started)
+    )
+    assert waiting.match_version == "v2"
     done = desired_traffic(spec, _status(phase="RolledBack", desiredWeights={"v1": 100}))
     assert done.match_version is None
+
+
+def test_ab_match_waits_for_the_step_to_start() -> None:
+    # Until the candidate is ready the step does not start: matched users stay on stable
+    # rather than meeting a version with no Ready endpoint.
+    spec = _spec({"strategy": "abTest", "match": [{"header": "x-group", "exact": "beta"}]})
+    pending = desired_traffic(spec, _status(phase="Progressing", desiredWeights={"v1": 100}))
+    assert pending.match_version is None
+    assert pending.match == ()
 
 
 def test_shadow_mirrors_the_candidate() -> None:

@@ -18,6 +18,9 @@ def test_error_ratio_one_fails_every_request(sample_repo: Path) -> None:
         metrics = httpx.get(srv.url + "/metrics").text
     assert {r.status_code for r in responses} == {500}
     assert "injected fault" in responses[0].json()["error"]
+    # The failure names the version that failed, as an answer does.
+    assert responses[0].json()["model_name"] == "tiny"
+    assert responses[0].json()["model_version"] == "1"
     labels = 'code="500",model="tiny",protocol="v2-http",version="1"'
     series = "modelpilot_inference_requests_total{" + labels + "}"
     assert f"{series} 5.0" in metrics

@@ -48,9 +48,13 @@ def desired_traffic(spec: ModelDeploymentSpec, status: ModelDeploymentStatus | N
     candidate = spec.rollout.candidate
     mirror = status.mirror_percent if candidate in names else 0
     match: tuple[TrafficMatch, ...] = ()
+    # Matched users go to the candidate once its step has started, that is once it was
+    # ready (as the weights do): before, they would get no answer from it.
+    started = status.step_started_at is not None or bool(status.step)
     if (
         spec.rollout.strategy == "abTest"
         and status.phase in MATCH_PHASES
+        and started
         and candidate in names
         and spec.rollout.match
     ):

@@ -319,6 +319,11 @@ class HttpApi:
         started: float,
     ) -> Response:
         error = self.outcomes.failed(exc, served, model, protocol, started)
+        if served is not None and protocol == HTTP_V2:
+            # Named like a success: behind a traffic split, the client learns which
+            # version failed.
+            doc = {"error": error.message, "model_name": served.model}
+            return _json(error.status, {**doc, "model_version": served.version})
         return Response.error(error.status, error.message)
 
     def _v2_answer(
