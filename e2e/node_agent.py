@@ -72,9 +72,7 @@ class NodeAgent:
         self.lock = threading.Lock()
         self.plan = config.plan
         self.cidr = self.plan.pod_cidr
-        self.network = podnet.PodNetwork(
-            self.plan, buildmod.default_paths().cni, self.layout.root
-        )
+        self.network = podnet.PodNetwork(self.plan, buildmod.default_paths().cni, self.layout.root)
         self.network.write_config()
         self.pods_dir = self.layout.root / "pods"
         self.pods_dir.mkdir(parents=True, exist_ok=True)
