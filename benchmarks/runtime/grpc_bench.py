@@ -3,18 +3,18 @@
     benchmarks/runtime/install.sh        # wrk, ghz
     .venv/bin/python benchmarks/runtime/grpc_bench.py [--rounds 3] [--duration 2] [--baseline main]
 
-The tiny model, `run.py`'s fixed split (servers on core 1, ghz and wrk on core 0, onnxruntime
-with one thread), ghz driving gRPC with the same flags for every side. Sides: this tree's
-runtime with its own gRPC transport (`native`, the default) and with grpc.aio (`grpcio`),
-and the runtime at git revision `--baseline` (grpc.aio, as it was). Each side runs two
-servers: unbatched (for the latency at concurrency 1) and batched (`--max-batch-size 32
---max-batch-delay-ms 2`, for the throughput at concurrency 64, where HTTP with the binary
-tensor extension is measured on the same server with wrk). Every round measures every cell
-one right after the other, so all sides see the same neighbours; the rounds are repeated and
-each cell is reported as the median with its range. Printed last: the gRPC p50 added over a
-bare `session.run` at concurrency 1 (goal <= 250 µs) and batched gRPC over HTTP binary
-requests per second at concurrency 64 (goal >= 0.8), per side. Writes grpc.json here
-(grpc-realtime.json with `--realtime`).
+The tiny model, `run.py`'s fixed split (servers on core 1, ghz and wrk on core 0,
+onnxruntime with one thread), ghz driving gRPC with the same flags for every side. Sides:
+this tree's runtime with its own gRPC transport (`native`, the default) and with grpc.aio
+(`grpcio`), and the runtime at git revision `--baseline` (grpc.aio, as it was). Each side
+runs two servers: unbatched (for the latency at concurrency 1) and batched (`--max-batch-
+size 32 --max-batch-delay-ms 2`, for the throughput at concurrency 64); HTTP with the binary
+tensor extension is measured on the same servers with wrk, for reference. Every round
+measures every cell one right after the other, so all sides see the same neighbours; the
+rounds are repeated and each cell is reported as the median with its range. Printed last:
+the gRPC p50 added over a bare `session.run` at concurrency 1 (goal <= 250 µs) and batched
+gRPC over HTTP binary requests per second at concurrency 64 (goal >= 0.8), per side. Writes
+grpc.json here (grpc-realtime.json with `--realtime`).
 """
 
 from __future__ import annotations
@@ -155,7 +155,9 @@ def main() -> None:
                 servers[side, mode] = (proc, target)
         for rnd in range(args.rounds):
             loads.append([round(x, 2) for x in os.getloadavg()])
-            cells = [(side, "unbatched", "grpc", 1) for side in sides]
+            cells = [
+                (side, "unbatched", proto, 1) for side in sides for proto in ("grpc", "http-binary")
+            ]
             cells += [
                 (side, "batched", proto, 64) for side in sides for proto in ("grpc", "http-binary")
             ]
@@ -200,6 +202,7 @@ def main() -> None:
     for side in sides:
         for mode, proto, conc in (
             ("unbatched", "grpc", 1),
+            ("unbatched", "http-binary", 1),
             ("batched", "grpc", 64),
             ("batched", "http-binary", 64),
         ):
@@ -214,6 +217,7 @@ def main() -> None:
     print()
     for side in sides:
         added = [p - b1["p50_us"] for p in cells(side, "unbatched", "grpc", "p50_us")]
+        http_added = [p - b1["p50_us"] for p in cells(side, "unbatched", "http-binary", "p50_us")]
         grpc_rps = cells(side, "batched", "grpc", "rps")
         http_rps = cells(side, "batched", "http-binary", "rps")
         ratios = [g / h for g, h in zip(grpc_rps, http_rps, strict=True) if h]
@@ -221,7 +225,8 @@ def main() -> None:
         http_cpu = cells(side, "batched", "http-binary", "server_cpu_us")
         cpu_ratios = [h / g for g, h in zip(grpc_cpu, http_cpu, strict=True) if g]
         print(
-            f"{side}: gRPC c=1 added p50 {spread(added)} µs (goal <= 250); batched c=64 gRPC / "
+            f"{side}: gRPC c=1 added p50 {spread(added)} µs (goal <= 250; HTTP binary "
+            f"{spread(http_added)} µs); batched c=64 gRPC / "
             f"HTTP binary req/s {statistics.median(ratios):.2f} "
             f"({min(ratios):.2f}-{max(ratios):.2f}; goal >= 0.8), per CPU-second "
             f"{statistics.median(cpu_ratios):.2f}"

@@ -345,6 +345,7 @@ class _Connection(asyncio.Protocol):
         self.blocked: dict[int, _Stream] = {}
         self.going_away = False
         self.closed = False
+        self.out: list[bytes] | None = None  # writes held back during a read
 
     # -- connection --------------------------------------------------------------------------
 
@@ -378,7 +379,10 @@ class _Connection(asyncio.Protocol):
         self.server.wake()
 
     def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
+        out = self.out
+        if out is not None:
+            out.append(data)  # sent at the end of the read, in one write
+        elif self.transport is not None and not self.closed:
             self.transport.write(data)
 
     def go_away(self, code: int = NO_ERROR, message: str = "") -> None:
@@ -391,19 +395,38 @@ class _Connection(asyncio.Protocol):
 
     def _close_if_idle(self) -> None:
         if self.going_away and not self.streams and self.transport is not None:
-            self.transport.close()
+            self._close()
+
+    def _close(self) -> None:
+        """Close after sending what a read held back."""
+        if self.transport is None or self.closed:
+            return
+        if self.out:
+            self.transport.write(b"".join(self.out))
+            self.out.clear()
+        self.transport.close()
 
     def abort_streams(self) -> None:
         """Shutdown's end: cancel what still runs and close."""
         for stream in list(self.streams.values()):
             self._end(stream, UNAVAILABLE, "the server is shutting down")
             self._cancel(stream)
-        if self.transport is not None:
-            self.transport.close()
+        self._close()
 
     # -- reading -----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        # What the frames of one read answer (a response, a PING's ACK, WINDOW_UPDATEs) goes
+        # out in one write: a client's PING often comes in the same read as its next request.
+        self.out = []
+        try:
+            self._read(data)
+        finally:
+            out, self.out = self.out, None
+            if out and self.transport is not None and not self.closed:
+                self.transport.write(b"".join(out))
+
+    def _read(self, data: bytes) -> None:
         buf = self.buffer
         buf += data
         try:
@@ -432,8 +455,7 @@ class _Connection(asyncio.Protocol):
         except _ConnectionError as exc:
             log.debug("gRPC connection error %d: %s", exc.code, exc)
             self.go_away(exc.code, str(exc))
-            if self.transport is not None:
-                self.transport.close()
+            self._close()
             buf.clear()
 
     def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
