@@ -7,8 +7,8 @@ The tiny model, `run.py`'s fixed split (servers on core 1, ghz and wrk on core 0
 onnxruntime with one thread), ghz driving gRPC with the same flags for every side. Sides:
 this tree's runtime with its own gRPC transport (`native`, the default) and with grpc.aio
 (`grpcio`), and the runtime at git revision `--baseline` (grpc.aio, as it was). Each side
-runs two servers: unbatched (for the latency at concurrency 1) and batched (`--max-batch-
-size 32 --max-batch-delay-ms 2`, for the throughput at concurrency 64); HTTP with the binary
+runs two servers: unbatched (for the latency at concurrency 1) and batched (`--max-batch-size
+32 --max-batch-delay-ms 2`, for the throughput at concurrency 64); HTTP with the binary
 tensor extension is measured on the same servers with wrk, for reference. Every round
 measures every cell one right after the other, so all sides see the same neighbours; the
 rounds are repeated and each cell is reported as the median with its range. Printed last:

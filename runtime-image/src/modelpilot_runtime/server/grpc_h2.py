@@ -72,6 +72,10 @@ FRAME = struct.Struct(">HBBBL")  # length (24 bits, as 16 + 8), type, flags, str
 TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
+# Seconds before a client's deadline at which the server gives up on the call itself, so
+# that it answers (and counts) the call rather than being cancelled by the client's expiry.
+DEADLINE_MARGIN = 0.01
+
 OK, UNKNOWN, INTERNAL = 0, 2, 13
 DEADLINE_EXCEEDED, UNIMPLEMENTED, UNAVAILABLE = 4, 12, 14
 RESOURCE_EXHAUSTED = 8
@@ -254,12 +258,13 @@ def _code(code: Any) -> int:
 class Context:
     """What a servicer sees of its call (the part of grpc.aio's context the runtime uses)."""
 
-    __slots__ = ("_deadline", "_loop", "peer_cancelled")
+    __slots__ = ("_deadline", "_loop", "expired", "peer_cancelled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float | None) -> None:
         self._loop = loop
         self._deadline = deadline
         self.peer_cancelled = False
+        self.expired = False  # the transport ended the call at its deadline
 
     def time_remaining(self) -> float | None:
         if self._deadline is None:
@@ -698,7 +703,8 @@ class _Connection(asyncio.Protocol):
             if stream.deadline <= self.loop.time():
                 self._end(stream, DEADLINE_EXCEEDED, "Deadline Exceeded")
                 return
-            stream.timer = self.loop.call_at(stream.deadline, self._expire, stream)
+            expiry = max(stream.deadline - DEADLINE_MARGIN, self.loop.time())
+            stream.timer = self.loop.call_at(expiry, self._expire, stream)
         runner = self._stream_call if method.streaming else self._unary_call
         stream.task = self.loop.create_task(runner(stream, method, request, context))
 
@@ -742,11 +748,15 @@ class _Connection(asyncio.Protocol):
         self._end(stream, OK, "")
 
     def _expire(self, stream: _Stream) -> None:
-        """The client's deadline passed: answered DEADLINE_EXCEEDED, the handler cancelled."""
+        """The client's deadline is (all but) reached: the call is answered DEADLINE_EXCEEDED
+        and its handler cancelled (a request still queued never runs). The handler sees
+        `context.expired`, so a servicer need not keep the deadline itself."""
         stream.timer = None
         if stream.done:
             return
-        self._end(stream, DEADLINE_EXCEEDED, "Deadline Exceeded")
+        if stream.context is not None:
+            stream.context.expired = True
+        self._end(stream, DEADLINE_EXCEEDED, "the client's deadline passed before the answer")
         self._cancel(stream)
 
     # -- writing -----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from modelpilot_runtime.config import version_sort_key
 from modelpilot_runtime.errors import BadRequestError, InferenceError
 from modelpilot_runtime.metrics import GRPC_V2
 from modelpilot_runtime.repository.model import ServedVersion
-from modelpilot_runtime.server.grpc_h2 import Context, GrpcServer, Method
+from modelpilot_runtime.server.grpc_h2 import DEADLINE_MARGIN, Context, GrpcServer, Method
 from modelpilot_runtime.server.grpc_health import SERVICE as HEALTH_SERVICE
 from modelpilot_runtime.server.grpc_health import HealthService
 from modelpilot_runtime.server.proto import inference_pb2 as pb
@@ -53,8 +53,6 @@ CODES = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
-# Seconds before a client's deadline at which the server gives up on the call itself.
-DEADLINE_MARGIN = 0.01
 # The code counted for a call the client cancelled (nginx's 499: client closed request).
 CLIENT_CLOSED = 499
 
@@ -220,18 +218,20 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             remaining = context.time_remaining()
             if served.fast:
                 results = served.infer_now(inputs, outputs)
-            elif remaining is None:
+            elif remaining is None or isinstance(context, Context):
+                # No deadline, or the own transport's timer keeps it (see grpc_h2._expire).
                 results = await served.infer(inputs, outputs)
             else:
                 results = await _within(served.infer(inputs, outputs), remaining)
             response = _response(served, request.id, results)
         except asyncio.CancelledError:
-            # The client cancelled the call or went away, or its deadline passed just before
-            # ours (gRPC cancels the handler then): still counted, once.
+            # The client cancelled the call or went away, or its deadline passed: the own
+            # transport ends the call then (`context.expired`), grpc.aio cancels the handler
+            # when the deadline passes just before ours. Still counted, once.
             remaining = context.time_remaining()
             gone = (
                 InferenceError("the client's deadline passed", 504)
-                if remaining is not None and remaining <= 0
+                if (remaining is not None and remaining <= 0) or getattr(context, "expired", False)
                 else InferenceError("the client cancelled the call", CLIENT_CLOSED)
             )
             self.outcomes.failed(gone, served, request.model_name, GRPC_V2, started)
