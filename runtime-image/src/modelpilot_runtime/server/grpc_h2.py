@@ -258,12 +258,11 @@ def _code(code: Any) -> int:
 class Context:
     """What a servicer sees of its call (the part of grpc.aio's context the runtime uses)."""
 
-    __slots__ = ("_deadline", "_loop", "expired", "peer_cancelled")
+    __slots__ = ("_deadline", "_loop", "expired")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float | None) -> None:
         self._loop = loop
         self._deadline = deadline
-        self.peer_cancelled = False
         self.expired = False  # the transport ended the call at its deadline
 
     def time_remaining(self) -> float | None:
@@ -486,8 +485,6 @@ class _Connection(asyncio.Protocol):
                 raise _ConnectionError(PROTOCOL_ERROR, "bad RST_STREAM")
             stream = self.streams.get(sid)
             if stream is not None:
-                if stream.context is not None:
-                    stream.context.peer_cancelled = True
                 self._forget(stream)
                 self._cancel(stream)
         elif kind == GOAWAY:
@@ -700,9 +697,7 @@ class _Connection(asyncio.Protocol):
                 self._answer(stream, method.serialize(response))
                 return
         if stream.deadline is not None:
-            if stream.deadline <= self.loop.time():
-                self._end(stream, DEADLINE_EXCEEDED, "Deadline Exceeded")
-                return
+            # Already past: the handler starts and is cancelled at once, so it is counted.
             expiry = max(stream.deadline - DEADLINE_MARGIN, self.loop.time())
             stream.timer = self.loop.call_at(expiry, self._expire, stream)
         runner = self._stream_call if method.streaming else self._unary_call
