@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add(serve, "host", "0.0.0.0")
     _add(serve, "http-port", 8080, type=int)
     _add(serve, "grpc-port", 8081, type=int, help="-1 turns gRPC off")
+    _add(
+        serve,
+        "grpc-server",
+        "native",
+        choices=["native", "grpcio"],
+        help="gRPC transport: the runtime's own HTTP/2 server on its event loop, or grpc.aio",
+    )
     _add(serve, "poll-interval", 5.0, type=float, help="seconds between repository scans; 0: off")
     _add(serve, "max-body-bytes", 64 * 1024 * 1024, type=int)
     _add(
@@ -183,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         http_port=args.http_port,
         grpc_port=None if args.grpc_port < 0 else args.grpc_port,
+        grpc_server=args.grpc_server,
         model_repository=args.model_repository,
         models=models,
         poll_interval=args.poll_interval,

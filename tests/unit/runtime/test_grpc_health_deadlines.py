@@ -61,11 +61,16 @@ def test_health_service_says_not_serving_while_a_model_cannot_load(tmp_path: Pat
         assert health_check(srv.grpc_target, "live") == SERVING
 
 
-def test_a_request_past_its_deadline_is_dropped_and_counted_504(sample_repo: Path) -> None:
+@pytest.mark.parametrize("transport", ["native", "grpcio"])
+def test_a_request_past_its_deadline_is_dropped_and_counted_504(
+    sample_repo: Path, transport: str
+) -> None:
     # An injected latency keeps the request in the server well past the client's deadline
     # (the adaptive batcher no longer holds a lone request for its delay).
     defaults = {"faults": {"added_latency_ms": 60_000}}
-    with run_server(models={"tiny": sample_repo / "tiny"}, model_defaults=defaults) as srv:
+    with run_server(
+        models={"tiny": sample_repo / "tiny"}, model_defaults=defaults, grpc_server=transport
+    ) as srv:
         tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 8])
         request = pb.ModelInferRequest(
             model_name="tiny",
@@ -98,9 +103,14 @@ def test_a_request_past_its_deadline_is_dropped_and_counted_504(sample_repo: Pat
         assert value(samples, "modelpilot_inference_pending_requests", model="tiny") == 0
 
 
-def test_a_call_the_client_cancels_is_counted_once_as_499(sample_repo: Path) -> None:
+@pytest.mark.parametrize("transport", ["native", "grpcio"])
+def test_a_call_the_client_cancels_is_counted_once_as_499(
+    sample_repo: Path, transport: str
+) -> None:
     defaults = {"faults": {"added_latency_ms": 60_000}}  # held in the server until cancelled
-    with run_server(models={"tiny": sample_repo / "tiny"}, model_defaults=defaults) as srv:
+    with run_server(
+        models={"tiny": sample_repo / "tiny"}, model_defaults=defaults, grpc_server=transport
+    ) as srv:
         tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 8])
         request = pb.ModelInferRequest(
             model_name="tiny",

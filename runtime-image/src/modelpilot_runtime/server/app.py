@@ -36,6 +36,7 @@ class ServerSettings:
     host: str = "0.0.0.0"
     http_port: int = 8080
     grpc_port: int | None = 8081  # None: no gRPC
+    grpc_server: str = "native"  # the own HTTP/2 transport (grpc_h2), or "grpcio" (grpc.aio)
     model_repository: Path | None = None
     models: dict[str, Path] = field(default_factory=dict)
     poll_interval: float = 5.0  # seconds; 0 turns polling off
@@ -87,9 +88,14 @@ class Runtime:
             from modelpilot_runtime.server.grpc_service import start_grpc
 
             self.grpc, self.grpc_port = await start_grpc(
-                self.state, s.host, s.grpc_port, s.max_body_bytes
+                self.state, s.host, s.grpc_port, s.max_body_bytes, s.grpc_server
             )
-            log.info("gRPC (inference.GRPCInferenceService) on %s:%d", s.host, self.grpc_port)
+            log.info(
+                "gRPC (inference.GRPCInferenceService, %s) on %s:%d",
+                s.grpc_server,
+                s.host,
+                self.grpc_port,
+            )
         await self.repository.sync()
         # Everything allocated so far lives as long as the server: keep the collector off it.
         gc.collect()

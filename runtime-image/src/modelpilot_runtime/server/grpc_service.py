@@ -1,5 +1,8 @@
-"""Open Inference Protocol v2 over gRPC (`inference.GRPCInferenceService`) on grpc.aio,
-sharing the event loop, repository and schedulers with the HTTP server.
+"""Open Inference Protocol v2 over gRPC (`inference.GRPCInferenceService`), sharing the event
+loop, repository and schedulers with the HTTP server. The same servicers run on either
+transport: the runtime's own HTTP/2 server (grpc_h2, the default), on which a model answered
+inline is answered within the socket read (`ModelInferNow`), or grpc.aio (`--grpc-server
+grpcio`).
 
 Errors map to gRPC codes (400 INVALID_ARGUMENT, 404 NOT_FOUND, 429 RESOURCE_EXHAUSTED,
 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED, 500 INTERNAL); the request metrics record the
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -24,6 +28,8 @@ from modelpilot_runtime.config import version_sort_key
 from modelpilot_runtime.errors import BadRequestError, InferenceError
 from modelpilot_runtime.metrics import GRPC_V2
 from modelpilot_runtime.repository.model import ServedVersion
+from modelpilot_runtime.server.grpc_h2 import DEADLINE_MARGIN, Context, GrpcServer, Method
+from modelpilot_runtime.server.grpc_health import SERVICE as HEALTH_SERVICE
 from modelpilot_runtime.server.grpc_health import HealthService
 from modelpilot_runtime.server.proto import inference_pb2 as pb
 from modelpilot_runtime.server.proto import inference_pb2_grpc as pb_grpc
@@ -47,8 +53,6 @@ CODES = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
-# Seconds before a client's deadline at which the server gives up on the call itself.
-DEADLINE_MARGIN = 0.01
 # The code counted for a call the client cancelled (nginx's 499: client closed request).
 CLIENT_CLOSED = 499
 
@@ -214,18 +218,20 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             remaining = context.time_remaining()
             if served.fast:
                 results = served.infer_now(inputs, outputs)
-            elif remaining is None:
+            elif remaining is None or isinstance(context, Context):
+                # No deadline, or the own transport's timer keeps it (see grpc_h2._expire).
                 results = await served.infer(inputs, outputs)
             else:
                 results = await _within(served.infer(inputs, outputs), remaining)
             response = _response(served, request.id, results)
         except asyncio.CancelledError:
-            # The client cancelled the call or went away, or its deadline passed just before
-            # ours (gRPC cancels the handler then): still counted, once.
+            # The client cancelled the call or went away, or its deadline passed: the own
+            # transport ends the call then (`context.expired`), grpc.aio cancels the handler
+            # when the deadline passes just before ours. Still counted, once.
             remaining = context.time_remaining()
             gone = (
                 InferenceError("the client's deadline passed", 504)
-                if remaining is not None and remaining <= 0
+                if (remaining is not None and remaining <= 0) or getattr(context, "expired", False)
                 else InferenceError("the client cancelled the call", CLIENT_CLOSED)
             )
             self.outcomes.failed(gone, served, request.model_name, GRPC_V2, started)
@@ -236,6 +242,63 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             raise  # unreachable: abort raises
         self.outcomes.done(served, served.model, GRPC_V2, 200, started)
         return response
+
+    def ModelInferNow(  # noqa: N802
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelInferResponse | None:
+        """ModelInfer for a model answered inline (`served.fast`: unbatched, cheap), called by
+        the own transport within the socket read, without a task; None for every other call,
+        which `ModelInfer` then takes whole (and counts)."""
+        started = time.perf_counter()
+        try:
+            served = self.repo.get(request.model_name, request.model_version or None)
+        except InferenceError:
+            return None  # unknown or not ready: ModelInfer answers (and counts) it
+        if not served.fast:
+            return None
+        try:
+            inputs = decode_inputs(request)
+            outputs = [o.name for o in request.outputs] or None
+            response = _response(served, request.id, served.infer_now(inputs, outputs))
+        except Exception as exc:
+            error = self.outcomes.failed(exc, served, request.model_name, GRPC_V2, started)
+            context.abort_now(CODES.get(error.status, grpc.StatusCode.INTERNAL), error.message)
+        self.outcomes.done(served, served.model, GRPC_V2, 200, started)
+        return response
+
+
+def _serialize(message: Any) -> bytes:
+    return bytes(message.SerializeToString())
+
+
+def _raw(data: bytes) -> bytes:
+    return data
+
+
+def methods(runtime: RuntimeState) -> dict[str, Method]:
+    """The inference and health services for the own transport, by path."""
+    svc = InferenceService(runtime)
+    health = HealthService(lambda: runtime.ready, "inference.GRPCInferenceService")
+    unary: dict[str, tuple[Callable[[Any, Any], Any], Any]] = {
+        "ServerLive": (svc.ServerLive, pb.ServerLiveRequest),
+        "ServerReady": (svc.ServerReady, pb.ServerReadyRequest),
+        "ModelReady": (svc.ModelReady, pb.ModelReadyRequest),
+        "ServerMetadata": (svc.ServerMetadata, pb.ServerMetadataRequest),
+        "ModelMetadata": (svc.ModelMetadata, pb.ModelMetadataRequest),
+        "ModelInfer": (svc.ModelInfer, pb.ModelInferRequest),
+    }
+    table = {
+        f"/inference.GRPCInferenceService/{name}": Method(
+            handler,
+            kind.FromString,
+            _serialize,
+            now=svc.ModelInferNow if name == "ModelInfer" else None,
+        )
+        for name, (handler, kind) in unary.items()
+    }
+    table[f"/{HEALTH_SERVICE}/Check"] = Method(health.check, _raw, _raw)
+    table[f"/{HEALTH_SERVICE}/Watch"] = Method(health.watch, _raw, _raw, streaming=True)
+    return table
 
 
 async def _within(work: Any, seconds: float) -> Any:
@@ -263,8 +326,18 @@ def _response(served: ServedVersion, rid: str, results: dict[str, Array]) -> pb.
 
 
 async def start_grpc(
-    runtime: RuntimeState, host: str, port: int, max_message: int
+    runtime: RuntimeState, host: str, port: int, max_message: int, transport: str = "native"
 ) -> tuple[Any, int]:
+    """Listen for gRPC on the own transport ("native") or grpc.aio ("grpcio"): the server
+    (whose `stop(grace)` is awaited on shutdown) and the port it listens on."""
+    if transport == "native":
+        own = GrpcServer(methods(runtime), max_message)
+        try:
+            return own, await own.start(host, port)
+        except OSError as exc:
+            raise OSError(f"cannot listen for gRPC on {host}:{port}: {exc}") from exc
+    if transport != "grpcio":
+        raise ValueError(f"unknown gRPC transport {transport!r}; use native or grpcio")
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message),
