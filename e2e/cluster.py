@@ -41,6 +41,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Room for benchmarks that create hundreds of Services.
 NODE_NAME = "modelpilot-local"
 PROMETHEUS_USER = "modelpilot:prometheus"
+# The API server's client certificate for the kubelet API (bound to system:kubelet-api-admin).
+KUBELET_API_CLIENT = "kube-apiserver-kubelet-client"
+# metrics-server's identity: the ServiceAccount its upstream manifests bind, as a client
+# certificate (the process runs on the host, not as a pod with a token).
+METRICS_SERVER_USER = "system:serviceaccount:kube-system:metrics-server"
+METRICS_SERVER_RESOLUTION = "10s"  # its minimum; the HPA controller syncs every 5s
 # Set by the node agent in every container's environment, to the cluster's folder.
 POD_MARKER = "MODELPILOT_LOCAL_CLUSTER_POD"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -67,6 +73,10 @@ class Ports:
     # Traefik: the Gateway's listener, and its own entry point for /ping and /api.
     gateway: int = 18000
     gateway_admin: int = 18081
+    # On the node's address (10.244.<16N>.1), not on 127.0.0.1: the node agent's kubelet
+    # API, and metrics-server, which the aggregator reaches through an EndpointSlice.
+    kubelet: int = 10250
+    metrics_server: int = 14443
 
     @classmethod
     def for_index(cls, index: int) -> Ports:
@@ -155,6 +165,10 @@ class Layout:
     @property
     def prometheus_data(self) -> Path:
         return self.root / "prometheus-data"
+
+    @property
+    def front_proxy(self) -> Path:
+        return self.pki / "front-proxy"
 
     @property
     def state(self) -> Path:
@@ -495,6 +509,38 @@ class Cluster:
         # Identities that talk to the API server without a kubeconfig of their own.
         pki.issue("node", f"system:node:{NODE_NAME}", orgs=("system:nodes",))
         pki.issue("prometheus", PROMETHEUS_USER)
+        plan = net_plan()
+        # The node agent's kubelet API on the node's address, and the API server's client
+        # for it (`kubectl logs`).
+        pki.issue(
+            "kubelet",
+            f"system:node:{NODE_NAME}",
+            server=True,
+            dns=(NODE_NAME,),
+            ips=(plan.node_ip,),
+        )
+        pki.issue("apiserver-kubelet-client", KUBELET_API_CLIENT)
+        # metrics-server: the aggregator checks its certificate for the Service's name.
+        pki.issue(
+            "metrics-server",
+            "metrics-server",
+            server=True,
+            dns=("metrics-server.kube-system.svc", "metrics-server.kube-system", "metrics-server"),
+            ips=(plan.node_ip,),
+        )
+        ms = pki.issue(
+            "metrics-server-client",
+            METRICS_SERVER_USER,
+            orgs=("system:serviceaccounts", "system:serviceaccounts:kube-system"),
+        )
+        write_kubeconfig(
+            self.layout.component_kubeconfig("metrics-server"), server, ca, ms, METRICS_SERVER_USER
+        )
+        # The aggregator's front proxy gets a CA of its own, as on a kubeadm cluster: a
+        # certificate from it makes the API server believe the X-Remote-User headers.
+        front = Pki(self.layout.front_proxy)
+        front.create_ca("modelpilot-local-front-proxy-ca")
+        front.issue("front-proxy-client", "front-proxy-client")
         # The bootstrap policy binds system:node-proxier to this user.
         proxy = pki.issue("kube-proxy", "system:kube-proxy")
         write_kubeconfig(
@@ -560,6 +606,10 @@ class Cluster:
             if node and (agent is None or not agent.alive()):
                 self.start_node_agent()
                 self._wait("the node to be Ready", lambda: node_ready(Api(self.layout)))
+            metrics = self.process("metrics-server")
+            if node and (metrics is None or not metrics.alive()):
+                # Built since this cluster started, or exited: started like the agent.
+                self._start_metrics_server(net_plan())
             if prometheus:
                 self.start_prometheus()
             self.start_gateway()
@@ -638,6 +688,21 @@ class Cluster:
                 f"--service-account-signing-key-file={pki.sa_key}",
                 "--authorization-mode=Node,RBAC",
                 "--enable-admission-plugins=NodeRestriction",
+                # The node agent's kubelet API (`kubectl logs`), checked against the CA.
+                f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
+                f"--kubelet-certificate-authority={pki.ca.cert}",
+                "--kubelet-preferred-address-types=InternalIP",
+                # Aggregated APIs (metrics.k8s.io): the front proxy's CA and client, and
+                # requests dialed to the APIService's endpoints, not to a ClusterIP.
+                f"--requestheader-client-ca-file={layout.front_proxy / 'ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={layout.front_proxy / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={layout.front_proxy / 'front-proxy-client.key'}",
+                "--enable-aggregator-routing=true",
                 "--allow-privileged=true",
                 # The `kubernetes` Service would point at 127.0.0.1, which Endpoints
                 # validation rejects; nothing here reaches the API server through it.
@@ -660,6 +725,8 @@ class Cluster:
                     f"--cluster-signing-key-file={pki.ca.key}",
                     f"--service-cluster-ip-range={plan.service_cidr}",
                     "--use-service-account-credentials=true",
+                    # HPAs react within seconds (the default is 15s).
+                    "--horizontal-pod-autoscaler-sync-period=5s",
                     "--profiling=false",
                 ],
             ),
@@ -701,11 +768,13 @@ class Cluster:
             lambda: api.get_json("/api/v1/namespaces/default/serviceaccounts/default") is not None,
         )
         self._mark_identity(api)
+        self.kubectl("apply", "--server-side", "-f", "-", stdin=kubelet_api_rbac())
         self._finish_crd_install(crds)
         # After the CRDs: Traefik watches the Gateway API kinds from its start.
         self.start_gateway()
         if node:
             self._wait("the node to be Ready", lambda: node_ready(api))
+            self._start_metrics_server(plan)
         if prometheus:
             self.start_prometheus()
         elapsed = time.monotonic() - start
@@ -820,6 +889,59 @@ class Cluster:
                 "--conntrack-tcp-timeout-close-wait=0",
                 "--v=1",
             ],
+        )
+
+    def _start_metrics_server(self, plan: podnet.NetPlan) -> None:
+        """metrics-server as the metrics.k8s.io APIService: `kubectl top`, CPU HPAs.
+
+        It listens on the node's address (an EndpointSlice cannot name 127.0.0.1), scrapes
+        the node agent's kubelet API, and is registered with its RBAC, a selectorless
+        Service and an EndpointSlice naming its address (see metrics_server_manifests).
+        """
+        binary = self.cache.binary("metrics-server")
+        if not binary.exists():
+            say("   metrics-server is not built: no `kubectl top`, CPU HPAs do not scale")
+            return
+        layout = self.layout
+        if not (layout.pki / "metrics-server.crt").exists():
+            say("   this cluster was started without metrics-server: `down` and `up` to add it")
+            return
+        port = layout.ports.metrics_server
+        ca_bundle = base64.b64encode(Pki(layout.pki).ca.cert.read_bytes()).decode()
+        self.kubectl(
+            "apply",
+            "--server-side",
+            "--field-manager=modelpilot-local-cluster",
+            "-f",
+            "-",
+            stdin=metrics_server_manifests(plan.node_ip, port, ca_bundle),
+        )
+        kc = layout.component_kubeconfig("metrics-server")
+        p = layout.pki
+        self._spawn(
+            "metrics-server",
+            [
+                str(binary),
+                f"--kubeconfig={kc}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                f"--bind-address={plan.node_ip}",
+                f"--secure-port={port}",
+                f"--tls-cert-file={p / 'metrics-server.crt'}",
+                f"--tls-private-key-file={p / 'metrics-server.key'}",
+                f"--kubelet-certificate-authority={p / 'ca.crt'}",
+                "--kubelet-preferred-address-types=InternalIP",
+                "--kubelet-use-node-status-port",
+                f"--metric-resolution={METRICS_SERVER_RESOLUTION}",
+                # It must stay below the resolution (the default equals its minimum).
+                "--kubelet-request-timeout=5s",
+            ],
+        )
+        url = f"https://{plan.node_ip}:{port}/livez"
+        self._wait(
+            "metrics-server /livez",
+            lambda: http_ok(url, insecure_context()),
+            ["metrics-server"],
         )
 
     def start_prometheus(self) -> None:
@@ -996,6 +1118,149 @@ def pod_processes(marker: bytes) -> list[int]:
         if marker in environ.split(b"\0"):
             found.append(int(entry.name))
     return found
+
+
+def _binding(
+    kind: str, name: str, role_kind: str, role: str, subject: dict[str, str], namespace: str = ""
+) -> dict[str, Any]:
+    meta: dict[str, str] = {"name": name}
+    if namespace:
+        meta["namespace"] = namespace
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": kind,
+        "metadata": meta,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+        "subjects": [subject],
+    }
+
+
+def kubelet_api_rbac() -> str:
+    """The API server's client for the kubelet API may use all of it (logs, exec, ...)."""
+    user = {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": KUBELET_API_CLIENT}
+    return yaml.safe_dump(
+        _binding(
+            "ClusterRoleBinding",
+            "modelpilot-local:kubelet-api-admin",
+            "ClusterRole",
+            "system:kubelet-api-admin",
+            user,
+        )
+    )
+
+
+def metrics_server_manifests(node_ip: str, port: int, ca_bundle: str) -> str:
+    """metrics-server's objects, as in its v0.8.0 manifests (manifests/base): the
+    ServiceAccount and RBAC, the Service, and the APIService (with the cluster CA as
+    caBundle instead of insecureSkipTLSVerify). Its pod is a process on the host here,
+    so the Service has no selector and an EndpointSlice of ours names where it listens."""
+    sa = {"kind": "ServiceAccount", "name": "metrics-server", "namespace": "kube-system"}
+    docs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "metrics-server", "namespace": "kube-system"},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {
+                "name": "system:aggregated-metrics-reader",
+                "labels": {
+                    f"rbac.authorization.k8s.io/aggregate-to-{r}": "true"
+                    for r in ("view", "edit", "admin")
+                },
+            },
+            "rules": [
+                {
+                    "apiGroups": ["metrics.k8s.io"],
+                    "resources": ["pods", "nodes"],
+                    "verbs": ["get", "list", "watch"],
+                }
+            ],
+        },
+        _binding(
+            "RoleBinding",
+            "metrics-server-auth-reader",
+            "Role",
+            "extension-apiserver-authentication-reader",
+            sa,
+            namespace="kube-system",
+        ),
+        _binding(
+            "ClusterRoleBinding",
+            "metrics-server:system:auth-delegator",
+            "ClusterRole",
+            "system:auth-delegator",
+            sa,
+        ),
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "system:metrics-server"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]},
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods", "nodes"],
+                    "verbs": ["get", "list", "watch"],
+                },
+            ],
+        },
+        _binding(
+            "ClusterRoleBinding",
+            "system:metrics-server",
+            "ClusterRole",
+            "system:metrics-server",
+            sa,
+        ),
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": "metrics-server",
+                "namespace": "kube-system",
+                "labels": {"k8s-app": "metrics-server"},
+            },
+            "spec": {
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]
+            },
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "metrics-server-node",
+                "namespace": "kube-system",
+                "labels": {
+                    "kubernetes.io/service-name": "metrics-server",
+                    "endpointslice.kubernetes.io/managed-by": "modelpilot-local-cluster",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": [node_ip], "conditions": {"ready": True}, "nodeName": NODE_NAME}
+            ],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        },
+        {
+            "apiVersion": "apiregistration.k8s.io/v1",
+            "kind": "APIService",
+            "metadata": {
+                "name": "v1beta1.metrics.k8s.io",
+                "labels": {"k8s-app": "metrics-server"},
+            },
+            "spec": {
+                "service": {"name": "metrics-server", "namespace": "kube-system", "port": 443},
+                "group": "metrics.k8s.io",
+                "version": "v1beta1",
+                "caBundle": ca_bundle,
+                "groupPriorityMinimum": 100,
+                "versionPriority": 100,
+            },
+        },
+    ]
+    return yaml.safe_dump_all(docs)
 
 
 def prometheus_rbac() -> str:

@@ -10,6 +10,11 @@ namespace and calls the CNI plugins to put it on the node's bridge with an addre
 the pod range (see :mod:`e2e.podnet`); the pod's containers run inside that namespace.
 The node's InternalIP is the bridge's address, where pods also reach the API server
 (through the pod gateway, see :mod:`e2e.podgateway`).
+
+Kubelet API: the agent serves the kubelet's HTTPS endpoint on the node's address
+(resource metrics for metrics-server, container logs for ``kubectl logs``, see
+:mod:`e2e.kubeletapi`) and publishes its port in the Node's
+``status.daemonEndpoints.kubeletEndpoint``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import datetime
 import os
 import platform
+import re
 import signal
 import sys
 import threading
@@ -30,8 +36,9 @@ from types import FrameType
 from typing import Any
 
 from e2e import build as buildmod
-from e2e import podnet, versions
+from e2e import kubeletapi, podnet, versions
 from e2e.cluster import POD_MARKER, Api, Layout, net_plan
+from e2e.kubeletapi import LogSource, RunningContainer
 from e2e.pods import PodRunner, now
 
 NODE_NAME = "modelpilot-local"
@@ -46,6 +53,8 @@ CAPACITY = {
     "nvidia.com/gpu": "4",
 }
 SHUTDOWN_GRACE = 5.0
+# Namespace, pod and container names (DNS labels and subdomains), for paths on disk.
+NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 
 
 def log(msg: str) -> None:
@@ -88,6 +97,20 @@ class NodeAgent:
         }
         if os.environ.get("VIRTUAL_ENV"):
             self.base_env["VIRTUAL_ENV"] = os.environ["VIRTUAL_ENV"]
+        self.kubelet: kubeletapi.KubeletApi | None = None
+        self.kubelet_port = 0
+        pki = self.layout.pki
+        if (pki / "kubelet.crt").exists():
+            self.kubelet = kubeletapi.KubeletApi(
+                self,
+                kubeletapi.Authorizer(self.api, self.node),
+                self.plan.node_ip,
+                self.layout.ports.kubelet,
+                pki / "kubelet.crt",
+                pki / "kubelet.key",
+                pki / "ca.crt",
+            )
+            self.kubelet_port = self.kubelet.port
 
     # --- node ---------------------------------------------------------------------------
 
@@ -121,7 +144,7 @@ class NodeAgent:
                 {"type": "InternalIP", "address": self.plan.node_ip},
                 {"type": "Hostname", "address": self.node},
             ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "nodeInfo": {
                 "machineID": "",
                 "systemUUID": "",
@@ -330,9 +353,48 @@ class NodeAgent:
                 log(f"pod watch interrupted: {err}")
                 self.stop.wait(1)
 
+    # --- the kubelet API's view ---------------------------------------------------------
+
+    def _runners(self) -> list[PodRunner]:
+        with self.lock:
+            return list(self.runners.values())
+
+    def running_containers(self) -> list[RunningContainer]:
+        found = []
+        for runner in self._runners():
+            for c in runner.running_containers():
+                proc = c.proc
+                if proc is None:
+                    continue
+                found.append(
+                    RunningContainer(
+                        runner.ns, runner.pod_name, runner.uid, c.name, proc.pid, c.started_wall
+                    )
+                )
+        return found
+
+    def log_source(self, namespace: str, pod: str, container: str) -> LogSource | None:
+        """The log of a pod's container: a running pod's, else the newest kept on disk."""
+        for runner in self._runners():
+            if runner.ns == namespace and runner.pod_name == pod:
+                found = runner.container(container)
+                if found is None:
+                    return None
+                return LogSource(found.log, found.alive)
+        if not (NAME.fullmatch(namespace) and NAME.fullmatch(pod) and NAME.fullmatch(container)):
+            return None
+        kept = sorted(
+            self.pods_dir.glob(f"{namespace}_{pod}_*/logs/{container}.log"),
+            key=lambda p: p.stat().st_mtime,
+        )
+        return LogSource(kept[-1], lambda: False) if kept else None
+
     # --- lifecycle ----------------------------------------------------------------------
 
     def run(self) -> None:
+        if self.kubelet is not None:
+            self.kubelet.start()
+            log(f"kubelet API on https://{self.plan.node_ip}:{self.kubelet_port}")
         self.register()
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         threading.Thread(target=self._watch_loop, name="watch", daemon=True).start()
@@ -348,6 +410,8 @@ class NodeAgent:
             runner.terminate(SHUTDOWN_GRACE, delete_object=False)
         for runner in runners:
             runner.join(SHUTDOWN_GRACE + 5)
+        if self.kubelet is not None:
+            self.kubelet.stop()
         log("node agent stopped")
 
 

@@ -1,9 +1,11 @@
 """Certificates and keys of the local cluster.
 
-Owns the cluster's ``pki/`` folder: one CA, the API server's serving certificate, a
-client certificate per component (admin in ``system:masters``, controller-manager,
-scheduler, node agent) and the service-account signing key. Everything is made fresh by
-each ``up``; ECDSA P-256 keys keep that to milliseconds.
+Owns the cluster's ``pki/`` folder: one CA, the serving certificates (API server, the
+node agent's kubelet API, metrics-server), a client certificate per component (admin in
+``system:masters``, controller-manager, scheduler, node agent, the API server's client
+for the kubelet API, metrics-server) and the service-account signing key; ``front-proxy/``
+holds the aggregator's own CA and the client certificate it proxies with. Everything is
+made fresh by each ``up``; ECDSA P-256 keys keep that to milliseconds.
 """
 
 from __future__ import annotations
@@ -53,11 +55,11 @@ class Pki:
         self.sa_key = folder / "sa.key"
         self.sa_pub = folder / "sa.pub"
 
-    def create_ca(self) -> None:
+    def create_ca(self, common_name: str = "modelpilot-local-ca") -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
-        name = _name("modelpilot-local-ca")
+        name = _name(common_name)
         cert = (
             x509.CertificateBuilder()
             .subject_name(name)

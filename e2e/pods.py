@@ -148,6 +148,7 @@ class Container:
     proc: subprocess.Popen[bytes] | None = None
     started_at: str = ""
     started_mono: float = 0.0
+    started_wall: float = 0.0  # seconds since the epoch, for the resource metrics
     restarts: int = 0
     state: dict[str, Any] = field(
         default_factory=lambda: {"waiting": {"reason": "PodInitializing"}}
@@ -167,6 +168,20 @@ class Container:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def alive(self) -> bool:
+        """Like :meth:`running`, for other threads: it never reaps the process."""
+        proc = self.proc
+        return proc is not None and proc.returncode is None and _live(proc.pid)
+
+
+def _live(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 class Network(Protocol):
@@ -242,6 +257,13 @@ class PodRunner(threading.Thread):
             if grace is None:
                 grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
             self.terminate(float(grace), delete_object=True)
+
+    def running_containers(self) -> list[Container]:
+        """The containers whose process runs now (safe from other threads)."""
+        return [c for c in [*self.init_containers, *self.containers] if c.alive()]
+
+    def container(self, name: str) -> Container | None:
+        return next((c for c in [*self.init_containers, *self.containers] if c.name == name), None)
 
     def terminate(self, grace: float, delete_object: bool) -> None:
         """Stop every process (SIGTERM, SIGKILL after ``grace``), then end the thread."""
@@ -416,6 +438,7 @@ class PodRunner(threading.Thread):
                 return
         c.started_at = now()
         c.started_mono = time.monotonic()
+        c.started_wall = time.time()
         c.state = {"running": {"startedAt": c.started_at}}
         c.started = not c.spec.get("startupProbe")
         c.ready = False

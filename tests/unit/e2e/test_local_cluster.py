@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from e2e import images
 from e2e.build import go_directive, parse_go_version, required_version, staging_modules
+from e2e.cluster import METRICS_SERVER_USER, Ports, metrics_server_manifests
 from e2e.pods import ConfigError, Mounts, expand, parse_quantity
 
 GOMOD = """module k8s.io/kubernetes
@@ -87,3 +89,41 @@ def test_quantities(text: str, value: float) -> None:
 def test_bad_quantity_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         parse_quantity("4 GB")
+
+
+def test_metrics_server_is_found_through_its_endpointslice() -> None:
+    docs = {
+        (d["kind"], d["metadata"]["name"]): d
+        for d in yaml.safe_load_all(metrics_server_manifests("10.244.48.1", 14743, "Q0E="))
+    }
+    service = docs[("Service", "metrics-server")]
+    assert "selector" not in service["spec"]  # nothing would select a host process
+    (port,) = service["spec"]["ports"]
+    eps = docs[("EndpointSlice", "metrics-server-node")]
+    assert eps["metadata"]["labels"]["kubernetes.io/service-name"] == "metrics-server"
+    # Not the endpointslice controller's: it would take the slice away again.
+    assert eps["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] != (
+        "endpointslice-controller.k8s.io"
+    )
+    assert eps["endpoints"][0]["addresses"] == ["10.244.48.1"]
+    assert eps["ports"] == [{"name": port["name"], "port": 14743, "protocol": "TCP"}]
+    api = docs[("APIService", "v1beta1.metrics.k8s.io")]["spec"]
+    assert api["service"] == {"name": "metrics-server", "namespace": "kube-system", "port": 443}
+    assert api["caBundle"] == "Q0E="
+    assert "insecureSkipTLSVerify" not in api
+    # The upstream RBAC, bound to the ServiceAccount whose name its certificate carries.
+    subjects = [
+        s for (kind, _), d in docs.items() if kind.endswith("Binding") for s in d["subjects"]
+    ]
+    assert len(subjects) == 3
+    assert all(
+        f"system:serviceaccount:{s['namespace']}:{s['name']}" == METRICS_SERVER_USER
+        for s in subjects
+    )
+
+
+def test_node_ports_move_with_the_cluster_index() -> None:
+    assert Ports.for_index(3).kubelet == Ports().kubelet + 300
+    assert Ports.for_index(3).metrics_server == Ports().metrics_server + 300
+    values = [v for i in range(10) for v in vars(Ports.for_index(i)).values()]
+    assert len(values) == len(set(values))

@@ -300,8 +300,24 @@ class Toleration(ApiModel):
 class ScalingMetric(ApiModel):
     """One HPA target: cpu/memory in percent of the request, inflight in requests per pod."""
 
-    type: Literal["cpu", "memory", "inflight"]
-    target: int = Field(ge=1, le=100_000)
+    type: Literal["cpu", "memory", "inflight"] = Field(
+        description=(
+            "cpu and memory: the pods' average use in percent of their request, from the "
+            "resource metrics API (metrics.k8s.io, served by metrics-server). inflight: the "
+            "average per pod of the runtime's modelpilot_inference_pending_requests gauge, "
+            "an HPA Pods metric read from the custom metrics API (custom.metrics.k8s.io). "
+            "Nothing in a plain cluster serves that API: it needs prometheus-adapter (or "
+            "another custom metrics adapter) with a rule that exposes the gauge per pod "
+            "from the Prometheus that scrapes the runtime; without one the HPA reports the "
+            "metric as unavailable and does not scale on it. KEDA is no substitute here: "
+            "it serves external metrics to HPAs it makes itself from ScaledObjects."
+        )
+    )
+    target: int = Field(
+        ge=1,
+        le=100_000,
+        description="Percent of the request for cpu and memory; requests per pod for inflight.",
+    )
 
 
 class Scaling(ApiModel):
