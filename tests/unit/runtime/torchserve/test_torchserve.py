@@ -282,9 +282,9 @@ def test_killed_torchserve_is_restarted_and_stopped_with_the_server(ts_repo: Pat
     assert not root.exists()
 
 
-def _ts_requests(server: RunningServer) -> float:
+def _ts_requests(server: RunningServer, model: str = "tiny_ts") -> float:
     """Inference requests TorchServe itself has answered (its own Prometheus counter)."""
-    text = backend_of(server).process.metrics_text()
+    text = backend_of(server, model).process.metrics_text()
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
@@ -378,6 +378,26 @@ def test_a_new_version_is_served_and_the_old_torchserve_stopped(
         )
         assert output(answer.json(), "handler_batch").reshape(-1).tolist() == [4, 4, 4, 4]
         assert not old_root.exists()
+
+
+def test_with_two_workers_a_batch_is_shared_between_them(ts_repo: Path, tmp_path: Path) -> None:
+    model = tmp_path / "two"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.mar").symlink_to(ts_repo / "tiny_ts" / "1" / "model.mar")
+    config = yaml.safe_load((ts_repo / "tiny_ts" / "config.yaml").read_text())
+    config["torchserve"]["workers"] = 2
+    config["warmup"] = {"runs": 0}
+    (model / "config.yaml").write_text(yaml.safe_dump(config))
+    with run_server(models={"two": model}, grpc_port=None) as srv:
+        before = _ts_requests(srv, "two")
+        answer = httpx.post(srv.url + "/v2/models/two/infer", json=v2_body(ROWS), timeout=60)
+        assert answer.status_code == 200, answer.text
+        # Two TorchServe requests of two rows each, one per worker, answered in row order.
+        assert _ts_requests(srv, "two") - before == 2
+        assert output(answer.json(), "handler_batch").reshape(-1).tolist() == [2, 2, 2, 2]
+        np.testing.assert_allclose(
+            output(answer.json(), "probabilities"), reference(ts_repo, ROWS), atol=1e-6
+        )
 
 
 def test_the_runtime_handler_gives_the_mar_handler_its_context(tmp_path: Path) -> None:
