@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+import modelpilot_runtime
 from modelpilot_runtime.backends.base import BackendInfo
 from modelpilot_runtime.backends.torchserve import wire
 from modelpilot_runtime.backends.torchserve.handler import BATCH_SIZE_ENV, ENTRY_POINT
@@ -230,7 +231,7 @@ class TorchServeBackend:
             # SPLIT_ROWS_ENV one per row).
             job_queue_size=max(b.max_queue, b.max_batch_size * s.workers) + 1,
             name=self.name,
-            env={BATCH_SIZE_ENV: str(b.max_batch_size)},
+            env={BATCH_SIZE_ENV: str(b.max_batch_size), "PYTHONPATH": _worker_path()},
         )
         try:
             process.start(s.startup_timeout_s)
@@ -448,6 +449,14 @@ def _error(payload: bytes) -> tuple[str, str]:
     except ValueError:
         pass
     return "", payload.decode("utf-8", "replace")[:500]
+
+
+def _worker_path() -> str:
+    """PYTHONPATH for TorchServe's workers: where this runtime's package is found first, so
+    that they import the runtime's handler however the runtime was started."""
+    package_root = str(Path(modelpilot_runtime.__file__).resolve().parent.parent)
+    current = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join(p for p in (package_root, current) if p)
 
 
 def _synthetic(spec: TensorSpec, rows: int) -> Array:
