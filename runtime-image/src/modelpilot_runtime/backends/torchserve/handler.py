@@ -99,8 +99,8 @@ def load_entry_point(handler: str) -> tuple[Entry, Callable[[Any], Any]]:
 def requests_of(header: dict[str, Any], tensors: dict[str, Array]) -> list[dict[str, Any]]:
     """The requests the model's handler gets for one message: a request per row (the whole
     message as one request when `split` is false), each `{"body": ...}` as TorchServe passes
-    a request body: for `json` the decoded `{"inputs": [...]}` of `backend`'s format, for
-    `raw` the bytes of the single BYTES input (a `bytearray`, as TorchServe gives it)."""
+    a request body: for `json` the decoded `{"inputs": [...]}` of the row (shape [1, ...]),
+    for `raw` the bytes of the single BYTES input (a `bytearray`, as TorchServe gives it)."""
     split = bool(header.get("split", True))
     first = next(iter(tensors.values()))
     rows = first.shape[0] if split and first.ndim else 1
