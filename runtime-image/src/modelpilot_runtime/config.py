@@ -133,10 +133,11 @@ class TensorDeclaration(_Strict):
 class TorchServeSettings(_Strict):
     """How the runtime runs a `.mar` in a supervised TorchServe (see docs/torchserve.md).
 
-    A `.mar` has no signature, so its inputs and outputs are declared here. Each row of a
-    request goes to TorchServe as one TorchServe request (its unit of batching); `json` sends
-    `{"inputs": [{"name", "datatype", "shape", "data"}]}` for the row, `raw` sends the bytes
-    of a single BYTES input as they are (image handlers and the like).
+    A `.mar` has no signature, so its inputs and outputs are declared here. A batch goes to
+    TorchServe as one request, and the runtime's handler in TorchServe's worker hands the
+    `.mar`'s handler one request per row: for `json` the row's
+    `{"inputs": [{"name", "datatype", "shape", "data"}]}`, for `raw` the bytes of a single
+    BYTES input as they are (image handlers and the like).
     """
 
     inputs: list[TensorDeclaration] = Field(default_factory=list)

@@ -5,11 +5,14 @@ its handler errors turned into answers, killed and brought back, and stopped wit
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -25,7 +28,7 @@ from tests.unit.runtime.conftest import RunningServer, run_server, wait_until
 from tests.unit.runtime.torchserve.conftest import backend_of
 
 # The sample handler's triggers (see sample_handler.py, which imports torch: not here).
-REFUSE, RAISE, SLEEP = 2.0**100, -(2.0**100), 2.0**101
+REFUSE, RAISE, SLEEP, CONFLICT = 2.0**100, -(2.0**100), 2.0**101, 2.0**102
 ROWS = np.random.default_rng(3).standard_normal((4, 8)).astype(np.float32)
 
 
@@ -277,6 +280,219 @@ def test_killed_torchserve_is_restarted_and_stopped_with_the_server(ts_repo: Pat
     for proc in group:
         assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
     assert not root.exists()
+
+
+def _ts_requests(server: RunningServer, model: str = "tiny_ts") -> float:
+    """Inference requests TorchServe itself has answered (its own Prometheus counter)."""
+    text = backend_of(server, model).process.metrics_text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("ts_inference_requests_total{")
+    )
+
+
+def test_a_batch_reaches_the_handler_as_one_torchserve_request(ts_server: RunningServer) -> None:
+    before = _ts_requests(ts_server)
+    answer = httpx.post(ts_server.url + "/v2/models/tiny_ts/infer", json=v2_body(ROWS), timeout=30)
+    assert answer.status_code == 200, answer.text
+    # The four rows went to TorchServe as one request, and its handler got them in one call.
+    assert _ts_requests(ts_server) - before == 1
+    assert output(answer.json(), "handler_batch").reshape(-1).tolist() == [4, 4, 4, 4]
+
+
+@pytest.mark.parametrize(
+    ("first", "status", "words"),
+    [
+        (REFUSE, 422, "input values must stay below 2**100"),
+        (CONFLICT, 409, "this request alone is refused (409)"),
+    ],
+)
+def test_a_refused_request_fails_alone_and_everything_is_counted_once(
+    ts_server: RunningServer, ts_repo: Path, first: float, status: int, words: str
+) -> None:
+    labels = 'model="tiny_ts",protocol="v2-http",version="1"'
+    requests_200 = f'modelpilot_inference_requests_total{{code="200",{labels}}}'
+    requests_bad = f'modelpilot_inference_requests_total{{code="{status}",{labels}}}'
+    durations = 'modelpilot_inference_request_duration_seconds_count{model="tiny_ts",version="1"}'
+    before = httpx.get(ts_server.url + "/metrics").text
+    results: dict[int, httpx.Response] = {}
+
+    def send(i: int, body: dict[str, object]) -> None:
+        results[i] = httpx.post(ts_server.url + "/v2/models/tiny_ts/infer", json=body, timeout=60)
+
+    # One request holds the model for a moment, so the next five queue and run as a batch.
+    hold = v2_body(ROWS[:1])
+    hold["inputs"][0]["data"][:2] = [SLEEP, 0.5]  # type: ignore[index]
+    holder = threading.Thread(target=send, args=(0, hold))
+    holder.start()
+    wait_until(lambda: backend_of(ts_server) is not None and _running(ts_server), timeout=30)
+    bad = v2_body(ROWS[:1])
+    bad["inputs"][0]["data"][0] = first  # type: ignore[index]
+    bodies = [v2_body(ROWS[i : i + 1]) for i in range(4)]
+    bodies.insert(2, bad)
+    threads = [threading.Thread(target=send, args=(i + 1, b)) for i, b in enumerate(bodies)]
+    for t in threads:
+        t.start()
+    for t in [holder, *threads]:
+        t.join()
+    assert results[0].status_code == 200
+    assert results[3].status_code == status
+    assert words in results[3].json()["error"]
+    good = [results[i] for i in (1, 2, 4, 5)]
+    assert [r.status_code for r in good] == [200] * 4
+    got = np.concatenate([output(r.json(), "probabilities") for r in good])
+    np.testing.assert_allclose(got, reference(ts_repo, ROWS), rtol=1e-5, atol=1e-6)
+    # However often the batch was split to find the bad request, each request is counted once.
+    after = httpx.get(ts_server.url + "/metrics").text
+    assert _value(after, requests_200) - _value(before, requests_200) == 5
+    assert _value(after, requests_bad) - _maybe(before, requests_bad) == 1
+    assert _value(after, durations) - _value(before, durations) == 6
+
+
+def _running(server: RunningServer) -> bool:
+    scheduler = server.runtime.repository.models["tiny_ts"]["1"].scheduler
+    return bool(getattr(scheduler, "_running", None))
+
+
+def test_a_new_version_is_served_and_the_old_torchserve_stopped(
+    ts_repo: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "tiny_ts"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.mar").symlink_to(ts_repo / "tiny_ts" / "1" / "model.mar")
+    (model / "config.yaml").write_text((ts_repo / "tiny_ts" / "config.yaml").read_text())
+    with run_server(model_repository=tmp_path, grpc_port=None) as srv:
+        first = backend_of(srv).process
+        old_root = first.root
+        (model / "2").mkdir()
+        (model / "2" / "model.mar").symlink_to(ts_repo / "tiny_ts" / "1" / "model.mar")
+        srv.call(srv.runtime.repository.sync())
+        index = httpx.get(srv.url + "/v2/repository/index").json()
+        assert {i["version"]: i["state"] for i in index} == {"2": "READY"}
+        answer = httpx.post(srv.url + "/v2/models/tiny_ts/infer", json=v2_body(ROWS), timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"] == "2"
+        np.testing.assert_allclose(
+            output(answer.json(), "probabilities"), reference(ts_repo, ROWS), atol=1e-6
+        )
+        assert output(answer.json(), "handler_batch").reshape(-1).tolist() == [4, 4, 4, 4]
+        assert not old_root.exists()
+
+
+def test_with_two_workers_a_batch_is_shared_between_them(ts_repo: Path, tmp_path: Path) -> None:
+    model = tmp_path / "two"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.mar").symlink_to(ts_repo / "tiny_ts" / "1" / "model.mar")
+    config = yaml.safe_load((ts_repo / "tiny_ts" / "config.yaml").read_text())
+    config["torchserve"]["workers"] = 2
+    config["warmup"] = {"runs": 0}
+    (model / "config.yaml").write_text(yaml.safe_dump(config))
+    with run_server(models={"two": model}, grpc_port=None) as srv:
+        before = _ts_requests(srv, "two")
+        answer = httpx.post(srv.url + "/v2/models/two/infer", json=v2_body(ROWS), timeout=60)
+        assert answer.status_code == 200, answer.text
+        # Two TorchServe requests of two rows each, one per worker, answered in row order.
+        assert _ts_requests(srv, "two") - before == 2
+        assert output(answer.json(), "handler_batch").reshape(-1).tolist() == [2, 2, 2, 2]
+        np.testing.assert_allclose(
+            output(answer.json(), "probabilities"), reference(ts_repo, ROWS), atol=1e-6
+        )
+
+
+def test_the_runtime_handler_gives_the_mar_handler_its_context(tmp_path: Path) -> None:
+    """In-process, with TorchServe's own Context: per-row request ids and headers while the
+    model's handler runs, the batch size it was configured with, its per-row statuses, and
+    the worker's context as it was afterwards."""
+    ts_context = _ts_context_module()
+
+    from modelpilot_runtime.backends.torchserve import handler as runtime_handler
+    from modelpilot_runtime.backends.torchserve import wire
+
+    (tmp_path / "seen_handler.py").write_text(
+        "SEEN = []\n"
+        "def handle(data, context):\n"
+        "    if data is None:\n"
+        "        SEEN.append(('batch_size', context.system_properties['batch_size']))\n"
+        "        return None\n"
+        "    answers = []\n"
+        "    for i, request in enumerate(data):\n"
+        "        SEEN.append((context.get_request_id(i),\n"
+        "                     context.get_request_header(i, 'Content-Type')))\n"
+        "        value = request['body']['inputs'][0]['data'][0]\n"
+        "        if value < 0:\n"
+        "            context.set_response_status(418, 'teapot', idx=i)\n"
+        "            answers.append({'message': 'negative'})\n"
+        "        else:\n"
+        "            answers.append([value * 2])\n"
+        "    return answers\n"
+    )
+    manifest = {"model": {"handler": "seen_handler.py"}}
+    context = ts_context.Context("m", str(tmp_path), manifest, 1, None, "0.12.0")
+    os.environ[runtime_handler.BATCH_SIZE_ENV] = "16"
+    sys_path_before = list(sys.path)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        runtime_handler.handle(None, context)
+        import seen_handler  # type: ignore[import-not-found]
+
+        assert seen_handler.SEEN == [("batch_size", 16)]
+        outer = [ts_context.RequestProcessor({"Content-Type": wire.CONTENT_TYPE})]
+        context.request_ids, context.request_processor = {0: "req"}, outer
+        specs = [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}]
+
+        def call(values: list[float]) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+            body = wire.encode(
+                {"x": np.array(values, dtype=np.float32).reshape(-1, 1)},
+                {"x": "FP32"},
+                format="json",
+                split=True,
+                outputs=specs,
+                want=["y"],
+            )
+            (answer,) = runtime_handler.handle([{"body": bytearray(body)}], context)
+            return wire.decode(answer)
+
+        header, tensors = call([1.0, 2.5, 4.0])
+        assert header == {}
+        assert tensors["y"].tolist() == [[2.0], [5.0], [8.0]]
+        assert seen_handler.SEEN[1:] == [
+            ("req-0", "application/json"),
+            ("req-1", "application/json"),
+            ("req-2", "application/json"),
+        ]
+        header, tensors = call([1.0, -1.0])
+        assert header == {"error": {"status": 418, "message": "negative", "source": "handler"}}
+        # The worker's own context is back as TorchServe set it.
+        assert context.request_ids == {0: "req"}
+        assert context.request_processor is outer
+        assert context.get_response_content_type(0) == wire.CONTENT_TYPE
+    finally:
+        del os.environ[runtime_handler.BATCH_SIZE_ENV]
+        sys.path[:] = sys_path_before
+        sys.modules.pop("seen_handler", None)
+
+
+def _ts_context_module() -> Any:
+    """TorchServe's `ts/context.py`, loaded alone: importing the `ts` package leaves its
+    version file open."""
+    spec = importlib.util.find_spec("ts")
+    assert spec is not None
+    assert spec.submodule_search_locations
+    path = Path(next(iter(spec.submodule_search_locations))) / "context.py"
+    module_spec = importlib.util.spec_from_file_location("ts_context_alone", path)
+    assert module_spec is not None
+    assert module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def _maybe(metrics: str, series: str) -> float:
+    try:
+        return _value(metrics, series)
+    except AssertionError:
+        return 0.0
 
 
 def _pgid(pid: int) -> int:

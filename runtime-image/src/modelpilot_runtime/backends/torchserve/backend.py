@@ -3,12 +3,14 @@
 It implements the runtime's `Backend` interface, so the protocols, the dynamic batcher, the
 cache and the metrics treat a TorchServe version exactly like an ONNX one. What is its own:
 
-- the translation between the runtime's named tensors and TorchServe requests: every row of
-  a (possibly batched) call becomes one TorchServe request, sent concurrently, so that
-  TorchServe's batch aggregator (registered with the version's `max_batch_size` and
-  `max_delay_ms`) hands the handler the same rows as one batch;
-- handler answers turned into tensors, and TorchServe's errors into 4xx/5xx answers with
-  TorchServe's message, with a client-side timeout so that nothing hangs;
+- a (possibly batched) call sent as one TorchServe request in the binary format of `wire`
+  (with several workers, one request per worker, each with a contiguous share of the rows),
+  to the runtime's own handler (`handler`), registered in place of the `.mar`'s: in the
+  worker, it hands the `.mar`'s handler the rows as one TorchServe batch of per-row
+  requests and answers all of its outputs as tensors. TorchServe's batch aggregator is
+  registered with batch size 1 and no delay: batches are formed by the runtime's batcher;
+- the handler's errors and TorchServe's into 4xx/5xx answers with their message, with a
+  client-side timeout so that nothing hangs;
 - supervision: a thread that restarts TorchServe when it dies or stops answering (with
   backoff), renews its keys, and tells the runtime when the version stops and starts serving.
 """
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +32,10 @@ from typing import Any
 
 import numpy as np
 
+import modelpilot_runtime
 from modelpilot_runtime.backends.base import BackendInfo
+from modelpilot_runtime.backends.torchserve import wire
+from modelpilot_runtime.backends.torchserve.handler import BATCH_SIZE_ENV, ENTRY_POINT
 from modelpilot_runtime.backends.torchserve.process import (
     TorchServeError,
     TorchServeProcess,
@@ -51,6 +58,12 @@ PING_FAILURES = 3
 MAX_BACKOFF_SECONDS = 30.0
 
 HealthListener = Callable[[bool], None]
+
+# For comparisons only (benchmarks/runtime/torchserve.py): "1" sends each row of a batch as a
+# TorchServe request of its own, all at once, and registers the model with TorchServe's
+# batch aggregator set to the version's batch size and delay, so that TorchServe forms the
+# handler's batches (still in the binary format, through the same handler).
+SPLIT_ROWS_ENV = "MODELPILOT_TORCHSERVE_SPLIT_ROWS"
 
 
 def find_mar(version_dir: Path) -> Path:
@@ -96,6 +109,8 @@ class TorchServeBackend:
         self._local = threading.local()
         self._connections: list[http.client.HTTPConnection] = []  # every thread's, to close
         self._pool: ThreadPoolExecutor | None = None
+        self._split_rows = os.environ.get(SPLIT_ROWS_ENV) == "1"
+        self._output_specs: list[dict[str, Any]] = []
         self._http_timeout = self.settings.response_timeout_s + 5.0
 
     # -- Backend interface -----------------------------------------------------------------
@@ -112,11 +127,11 @@ class TorchServeBackend:
         self._start_instance()
         inputs = [_spec(d) for d in s.inputs]
         outputs = [_spec(d) for d in s.outputs]
+        self._output_specs = [o.as_metadata() for o in outputs]
         batchable = all(t.shape[0] == -1 for t in (*inputs, *outputs))
-        if batchable and self.config.batching.max_batch_size > 1:
-            self._pool = ThreadPoolExecutor(
-                self.config.batching.max_batch_size - 1, thread_name_prefix=f"ts-{self.name}"
-            )
+        senders = self.config.batching.max_batch_size if self._split_rows else s.workers
+        if batchable and senders > 1 and self.config.batching.max_batch_size > 1:
+            self._pool = ThreadPoolExecutor(senders - 1, thread_name_prefix=f"ts-{self.name}")
         self.info = BackendInfo(
             platform=PLATFORM,
             provider=f"TorchServe {torchserve_version()}",
@@ -154,18 +169,19 @@ class TorchServeBackend:
     def predict(self, inputs: dict[str, Array], outputs: list[str] | None) -> dict[str, Array]:
         names = outputs if outputs is not None else [o.name for o in self.info.outputs]
         if not self.info.batchable:
-            return self._stack([self._send(inputs)], names)
+            return self._send(inputs, names, split=False)
         rows = next(iter(inputs.values())).shape[0]
-        slices = [{n: a[i : i + 1] for n, a in inputs.items()} for i in range(rows)]
-        if rows == 1 or self._pool is None:
-            answers = [self._send(s) for s in slices]
-        else:
-            # The calling thread sends the first row itself; the pool sends the rest, so that
-            # TorchServe sees them arrive together and batches them.
-            futures = [self._pool.submit(self._send, s) for s in slices[1:]]
-            first = self._send(slices[0])
-            answers = [first, *(f.result() for f in futures)]
-        return self._stack(answers, names)
+        parts = min(rows if self._split_rows else self.settings.workers, rows)
+        if parts <= 1 or self._pool is None:
+            # The whole batch in one TorchServe request.
+            return self._send(inputs, names, split=True)
+        # Several workers: a contiguous share of the rows for each, sent together (the
+        # calling thread sends the first), so that they run side by side.
+        bounds = [rows * i // parts for i in range(parts + 1)]
+        shares = [{n: a[lo:hi] for n, a in inputs.items()} for lo, hi in itertools.pairwise(bounds)]
+        futures = [self._pool.submit(self._send, share, names, True) for share in shares[1:]]
+        answers = [self._send(shares[0], names, True), *(f.result() for f in futures)]
+        return {n: np.concatenate([a[n] for a in answers]) for n in names}
 
     def unload(self) -> None:
         self._listener = None  # the runtime is done with this version: nobody to tell
@@ -211,21 +227,24 @@ class TorchServeBackend:
             jvm_options=tuple(s.jvm_options),
             response_timeout_s=s.response_timeout_s,
             # TorchServe's own queue holds what the runtime lets through: the runtime's
-            # queue bound decides, TorchServe only needs room for a full batch per worker.
+            # queue bound decides (a batch is one request per worker, or with
+            # SPLIT_ROWS_ENV one per row).
             job_queue_size=max(b.max_queue, b.max_batch_size * s.workers) + 1,
             name=self.name,
+            env={BATCH_SIZE_ENV: str(b.max_batch_size), "PYTHONPATH": _worker_path()},
         )
         try:
             process.start(s.startup_timeout_s)
             process.register(
                 self.mar,
                 self.name,
-                batch_size=b.max_batch_size,
-                # TorchServe takes whole milliseconds; with 0 it still batches whatever is
-                # already queued.
-                max_batch_delay_ms=round(b.max_delay_ms),
+                # Batches are the runtime's: each TorchServe request holds one, and goes
+                # to a worker at once, without waiting in TorchServe's batch aggregator.
+                batch_size=b.max_batch_size if self._split_rows else 1,
+                max_batch_delay_ms=round(b.max_delay_ms) if self._split_rows else 0,
                 workers=s.workers,
                 timeout=s.startup_timeout_s,
+                handler=ENTRY_POINT,
             )
         except BaseException:
             process.stop()
@@ -233,14 +252,13 @@ class TorchServeBackend:
         with self._lock:
             self.process = process
         log.info(
-            "%s: TorchServe %s serves %s (pid %s, inference port %s, batch %d, delay %d ms)",
+            "%s: TorchServe %s serves %s (pid %s, inference port %s, %d worker(s))",
             self.name,
             torchserve_version(),
             self.mar.name,
             process.pid,
             process.ports.inference if process.ports else "?",
-            b.max_batch_size,
-            round(b.max_delay_ms),
+            s.workers,
         )
 
     def _supervise(self) -> None:
@@ -322,34 +340,40 @@ class TorchServeBackend:
             self._local.conn = (port, conn)
         return conn, f"/predictions/{self.name}", key
 
-    def _body(self, row: dict[str, Array]) -> tuple[bytes, str]:
-        if self.settings.request_format == "raw":
-            (arr,) = row.values()
-            item = arr.reshape(-1)[0] if arr.size else b""
-            raw = item if isinstance(item, bytes) else str(item).encode()
-            return raw, "application/octet-stream"
-        tensors = []
-        for spec in self.info.inputs:
-            arr = row[spec.name]
-            if spec.datatype == "BYTES":
-                data: list[Any] = [
-                    v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-                    for v in arr.reshape(-1)
-                ]
-            else:
-                data = arr.reshape(-1).tolist()
-            tensors.append(
-                {
-                    "name": spec.name,
-                    "datatype": spec.datatype,
-                    "shape": list(arr.shape),
-                    "data": data,
-                }
+    def _send(self, tensors: dict[str, Array], names: list[str], split: bool) -> dict[str, Array]:
+        """One TorchServe request with `tensors` (a batch, or one worker's share of it); the
+        outputs `names` for all of its rows."""
+        datatypes = {spec.name: spec.datatype for spec in self.info.inputs}
+        body = wire.encode(
+            tensors,
+            datatypes,
+            format=self.settings.request_format,
+            split=split,
+            outputs=self._output_specs,
+            want=names,
+        )
+        payload = self._post(body)
+        try:
+            header, outputs = wire.decode(payload)
+        except wire.WireError as exc:
+            raise BackendError(
+                f"model {self.name}: TorchServe's answer is not the runtime handler's ({exc})"
+            ) from None
+        error = header.get("error")
+        if isinstance(error, dict):
+            status = int(error.get("status", 500))
+            message = str(error.get("message", ""))
+            if error.get("source") == "handler":
+                raise self._error_for(status, "", message)
+            raise BackendError(f"model {self.name}: {message}")
+        missing = [n for n in names if n not in outputs]
+        if missing:
+            raise BackendError(
+                f"model {self.name}: TorchServe's answer lacks output(s) {', '.join(missing)}"
             )
-        return json.dumps({"inputs": tensors}).encode(), "application/json"
+        return outputs
 
-    def _send(self, row: dict[str, Array]) -> dict[str, Array]:
-        body, content_type = self._body(row)
+    def _post(self, body: bytes) -> bytes:
         for attempt in range(2):
             conn, path, key = self._connection()
             try:
@@ -357,12 +381,11 @@ class TorchServeBackend:
                     "POST",
                     path,
                     body=body,
-                    headers={"Content-Type": content_type, "Authorization": f"Bearer {key}"},
+                    headers={"Content-Type": wire.CONTENT_TYPE, "Authorization": f"Bearer {key}"},
                 )
                 resp = conn.getresponse()
                 payload = resp.read()
                 status = resp.status
-                answer_type = resp.getheader("Content-Type", "")
             except TimeoutError:
                 conn.close()
                 raise RejectedError(
@@ -383,7 +406,7 @@ class TorchServeBackend:
                     "not_ready",
                 ) from None
             if status == 200:
-                return self._decode(payload, answer_type)
+                return payload
             error_type, message = _error(payload)
             if error_type == "InvalidKeyException" and attempt == 0:
                 self._reload_keys()
@@ -416,85 +439,6 @@ class TorchServeBackend:
             message = "the handler raised an exception (its traceback is in TorchServe's model log)"
         return BackendError(f"{where}: {message} ({status})")
 
-    def _decode(self, payload: bytes, content_type: str) -> dict[str, Array]:
-        outputs = self.info.outputs
-        if "json" not in content_type:
-            with contextlib.suppress(ValueError):
-                return self._from_json(json.loads(payload))
-            if len(outputs) == 1 and outputs[0].datatype == "BYTES":
-                return {outputs[0].name: np.array([payload], dtype=object)}
-            raise BackendError(
-                f"model {self.name}: the handler answered {len(payload)} bytes of "
-                f"{content_type or 'unknown type'}, not JSON"
-            )
-        try:
-            return self._from_json(json.loads(payload))
-        except ValueError as exc:
-            raise BackendError(f"model {self.name}: the handler's answer: {exc}") from None
-
-    def _from_json(self, data: Any) -> dict[str, Array]:
-        specs = {s.name: s for s in self.info.outputs}
-        if isinstance(data, dict) and isinstance(data.get("outputs"), list):
-            found: dict[str, Array] = {}
-            for item in data["outputs"]:
-                name = item.get("name") if isinstance(item, dict) else None
-                if name in specs:
-                    found[name] = _tensor(specs[name], item.get("data"), item.get("shape"))
-            missing = [n for n in specs if n not in found]
-            if missing:
-                raise BackendError(
-                    f"model {self.name}: the handler's answer lacks output(s) "
-                    f"{', '.join(map(repr, missing))}"
-                )
-            return found
-        if len(specs) == 1:
-            (spec,) = specs.values()
-            return {spec.name: _tensor(spec, data, None)}
-        raise BackendError(
-            f"model {self.name}: the handler answered a bare value but the config declares "
-            f'{len(specs)} outputs; answer {{"outputs": [{{"name", "data"}}, ...]}}'
-        )
-
-    def _stack(self, answers: list[dict[str, Array]], names: list[str]) -> dict[str, Array]:
-        if len(answers) == 1:
-            return {n: answers[0][n] for n in names}
-        try:
-            return {n: np.concatenate([a[n] for a in answers]) for n in names}
-        except ValueError as exc:
-            raise BackendError(
-                f"model {self.name}: the handler's answers for the rows of a batch do not "
-                f"stack ({exc})"
-            ) from None
-
-
-def _tensor(spec: TensorSpec, data: Any, shape: Any) -> Array:
-    """A handler's answer for one output, as the declared datatype and shape."""
-    if data is None:
-        raise BackendError(f"output {spec.name!r}: the handler's answer has no data")
-    dtype = spec.dtype
-    try:
-        if spec.datatype == "BYTES":
-            flat = np.array(
-                [
-                    v.encode() if isinstance(v, str) else v
-                    for v in np.ravel(np.array(data, dtype=object))
-                ],
-                dtype=object,
-            )
-        else:
-            flat = np.asarray(data, dtype=dtype).reshape(-1)
-        if isinstance(shape, list) and all(isinstance(d, int) for d in shape):
-            return flat.reshape(shape)
-        # No shape in the answer: the declared one, with the batch dimension first.
-        dims = list(spec.shape)
-        if dims[0] == -1:
-            dims[0] = 1
-        if dims.count(-1) <= 1:
-            return flat.reshape(dims)
-        return flat.reshape(1, -1)
-    except (ValueError, TypeError) as exc:
-        raise BackendError(f"output {spec.name!r}: the handler's answer: {exc}") from None
-
 
 def _error(payload: bytes) -> tuple[str, str]:
     """TorchServe's error type and message from its JSON error body."""
@@ -505,6 +449,14 @@ def _error(payload: bytes) -> tuple[str, str]:
     except ValueError:
         pass
     return "", payload.decode("utf-8", "replace")[:500]
+
+
+def _worker_path() -> str:
+    """PYTHONPATH for TorchServe's workers: where this runtime's package is found first, so
+    that they import the runtime's handler however the runtime was started."""
+    package_root = str(Path(modelpilot_runtime.__file__).resolve().parent.parent)
+    current = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join(p for p in (package_root, current) if p)
 
 
 def _synthetic(spec: TensorSpec, rows: int) -> Array:

@@ -164,6 +164,7 @@ class TorchServeProcess:
         job_queue_size: int = 256,
         max_request_bytes: int = 64 * 1024 * 1024,
         name: str = "model",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.java = java
         self.python = python
@@ -172,6 +173,7 @@ class TorchServeProcess:
         self.job_queue_size = job_queue_size
         self.max_request_bytes = max_request_bytes
         self.name = name
+        self.env = dict(env or {})  # for Java and, through it, the workers
         self.root: Path | None = None
         self.ports: Ports | None = None
         self.keys: Keys | None = None
@@ -222,6 +224,7 @@ class TorchServeProcess:
             # Workers must not read a stray TorchServe config from the environment.
             TS_CONFIG_FILE=str(config),
         )
+        env.update(self.env)
         stdout = (self.root / "logs" / "stdout.log").open("wb")
         try:
             self.proc = subprocess.Popen(
@@ -412,14 +415,22 @@ class TorchServeProcess:
         max_batch_delay_ms: int,
         workers: int,
         timeout: float,
+        handler: str | None = None,
     ) -> None:
-        """Put the `.mar` into the model store and register it; returns once workers run."""
+        """Put the `.mar` into the model store and register it; returns once workers run.
+
+        `handler` replaces the handler the `.mar`'s manifest names (which the worker still
+        reads from the manifest)."""
         assert self.root is not None
         target = self.root / "model-store" / f"{model_name}.mar"
         if not target.exists():
             target.symlink_to(mar.resolve())
+        params: dict[str, str | int | float] = {}
+        if handler is not None:
+            params["handler"] = handler
         query = urllib.parse.urlencode(
             {
+                **params,
                 "url": target.name,
                 "model_name": model_name,
                 "batch_size": batch_size,

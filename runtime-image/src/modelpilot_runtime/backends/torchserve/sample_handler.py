@@ -4,10 +4,11 @@ Python worker, never in the runtime.
 It speaks the runtime's `json` request format: each request's body is
 `{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8], "data": [...]}]}` and each
 answer `{"outputs": [{"name", "datatype", "shape", "data"}, ...]}`. Besides the class
-probabilities it answers `handler_batch`, the number of requests the handler got together,
-so tests can see TorchServe's batching. A first input value of 2**100 makes it refuse the
-request (422), -2**100 makes it raise, 2**101 makes it sleep for the second value's seconds
-(powers of two: exact in FP32).
+probabilities it answers `handler_batch`, the number of requests the handler got together
+(the rows of a runtime batch), so tests can see the batching. A first input value of 2**100
+makes it refuse the whole call (422), -2**100 makes it raise, 2**101 makes it sleep for the
+second value's seconds, 2**102 makes it refuse that request alone with status 409 through
+`context.set_response_status` (powers of two: exact in FP32).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-REFUSE, RAISE, SLEEP = 2.0**100, -(2.0**100), 2.0**101
+REFUSE, RAISE, SLEEP, CONFLICT = 2.0**100, -(2.0**100), 2.0**101, 2.0**102
 
 
 def build_model() -> Any:
@@ -65,10 +66,15 @@ class TinyHandler:
                 time.sleep(float(row.reshape(-1)[1]))
         with torch.inference_mode():
             probabilities = self.model(torch.cat(rows))
-        answers, offset = [], 0
-        for row in rows:
+        answers: list[dict[str, Any]] = []
+        offset = 0
+        for index, row in enumerate(rows):
             part = probabilities[offset : offset + row.shape[0]]
             offset += row.shape[0]
+            if float(row.reshape(-1)[0]) == CONFLICT:
+                context.set_response_status(409, "Conflict", idx=index)
+                answers.append({"message": "this request alone is refused (409)"})
+                continue
             answers.append(
                 {
                     "outputs": [
