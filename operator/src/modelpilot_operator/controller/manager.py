@@ -262,6 +262,7 @@ class Controller:
         requeue = None
         if has_work(body):
             seen = body
+            blocked = self.reconciler.mirror_problem(md)
             step = rollout_step(
                 self.api,
                 md,
@@ -270,6 +271,7 @@ class Controller:
                 self.analysis,
                 self.clock(),
                 lambda e: self._emit(seen, e),
+                blocked.message if blocked is not None else None,
             )
             if step.written is not None:
                 self.mds.store(step.written)
