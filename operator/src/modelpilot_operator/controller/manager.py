@@ -262,7 +262,8 @@ class Controller:
         requeue = None
         if has_work(body):
             seen = body
-            blocked = self.reconciler.mirror_problem(md)
+            shadow = md.spec.rollout is not None and md.spec.rollout.strategy == "shadow"
+            blocked = self.reconciler.mirror_problem(md) if shadow else None
             step = rollout_step(
                 self.api,
                 md,

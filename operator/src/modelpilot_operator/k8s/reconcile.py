@@ -87,11 +87,10 @@ class Reconciler:
             self.gateways = GatewayFeatures(self.api)
 
     def mirror_problem(self, md: ModelDeployment) -> Problem | None:
-        """Why the route cannot carry a shadow rollout's mirror (None: it can, or its
-        Gateways do not say): router gatewayApi and a GatewayClass that publishes its
-        supported features without HTTPRouteRequestMirror."""
-        ro = md.spec.rollout
-        if md.spec.routing.router != "gatewayApi" or ro is None or ro.strategy != "shadow":
+        """Why the route cannot carry a mirror (None: it can, or its Gateways do not say):
+        router gatewayApi and a GatewayClass that publishes its supported features without
+        HTTPRouteRequestMirror."""
+        if md.spec.routing.router != "gatewayApi":
             return None
         assert self.gateways is not None
         return mirror_problem(classes_without_mirror(self.gateways.classes(md)))
