@@ -44,6 +44,13 @@ RULES: list[dict[str, Any]] = [
         "verbs": _WRITE,
     },
     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"], "verbs": _WRITE},
+    # Read only: an HTTPRoute's Gateways and their GatewayClasses' supportedFeatures (whether
+    # the implementation can mirror requests for a shadow rollout).
+    {
+        "apiGroups": ["gateway.networking.k8s.io"],
+        "resources": ["gateways", "gatewayclasses"],
+        "verbs": _READ,
+    },
     {"apiGroups": ["monitoring.coreos.com"], "resources": ["servicemonitors"], "verbs": _WRITE},
     # Status: what the pods report (readiness, image pulls, missing Secrets, fetch errors).
     {"apiGroups": [""], "resources": ["pods"], "verbs": _READ},

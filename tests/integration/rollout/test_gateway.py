@@ -280,3 +280,69 @@ def test_ab_test_through_traefik_sends_header_and_cookie_users_to_the_candidate(
     during = [s for s in sent if first_matched + 2 <= s.at <= promoted_at - 1]
     assert {s.version for s in during if s.matched} == {"v2"}
     assert {s.version for s in during if not s.matched} == {"v1"}
+
+
+# --- 4 ------------------------------------------------------------------------------------
+
+
+def test_shadow_through_traefik_leaves_the_mirror_off_and_says_why(
+    gw_rollout: Rollout, operator: OperatorProcess, models: dict[str, Path]
+) -> None:
+    rollout = gw_rollout
+    # Given v1 serving behind the Gateway, whose GatewayClass (Traefik) publishes its
+    # supported features without HTTPRouteRequestMirror,
+    given_stable_v1_behind_the_gateway(rollout, models)
+    # When v2 is rolled out as a shadow, which would mirror v1's traffic to it,
+    rollout.apply(
+        {
+            "versions": [version("v1", models["v1"]), version("v2", models["v2"])],
+            "stable": "v1",
+            "rollout": {
+                "candidate": "v2",
+                "strategy": "shadow",
+                "iterations": 1,
+                "analysis": analysis(ERROR_RATE, min_samples=1),
+            },
+        }
+    )
+    # Then Degraded says the mirror was left off, naming the GatewayClass and what to do,
+    status = rollout.wait(
+        "Degraded to say MirrorUnsupported",
+        lambda st: any(
+            c.get("type") == "Degraded" and c.get("reason") == "MirrorUnsupported"
+            for c in st.get("conditions") or []
+        ),
+        timeout=300,
+    )
+    degraded = rollout.condition("Degraded")
+    assert degraded["status"] == "True", rollout.explain(operator)
+    assert "GatewayClass traefik" in degraded["message"]
+    assert "router istio" in degraded["message"]
+    assert rollout.condition("Ready")["status"] == "True", rollout.explain(operator)
+    # a Warning Event says it too,
+    warnings = [e for e in rollout.events() if e.get("reason") == "MirrorUnsupported"]
+    assert warnings, rollout.explain(operator)
+    assert warnings[0]["type"] == "Warning"
+    # the route Traefik accepted carries no RequestMirror filter,
+    route = rollout.api.get(HTTP_ROUTE, rollout.namespace, rollout.name) or {}
+    filters = [f for r in route["spec"]["rules"] for f in r.get("filters") or []]
+    assert all(f.get("type") != "RequestMirror" for f in filters), route["spec"]
+    assert route_accepted_by_traefik(rollout)
+    # stable keeps answering every request through the gateway,
+    driver = gateway_driver(rollout)
+    since = time.time()
+    wait_answers(driver, "v1 to answer after the mirror was left off", since, 60, version="v1")
+    # and the rollout waits, saying why, instead of judging mirrored traffic that never
+    # arrives: several analysis intervals later it has not started its step or promoted.
+    time.sleep(20)
+    status = rollout.status()
+    assert status["phase"] == "Progressing", rollout.explain(operator)
+    assert status.get("stepStartedAt") is None
+    assert "traefik" in status.get("message", ""), status.get("message")
+    driver.stop()
+    sent, _ = driver.recording.snapshot()
+    after = [s for s in sent if s.at > since]
+    assert after
+    assert all(s.code == 200 and s.version == "v1" for s in after), Counter(
+        (s.code, s.version) for s in after
+    )

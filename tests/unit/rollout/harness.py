@@ -85,6 +85,7 @@ class Sim:
     mirror: int = 0
     candidate_ready: bool = True
     apply_route: bool = True
+    mirror_blocked: str | None = None
     events: list[Event] = field(default_factory=list)
     last: Decision | None = None
 
@@ -109,6 +110,7 @@ class Sim:
             candidate_ready=self.candidate_ready,
             analysis=rec,
             generation=1,
+            mirror_blocked=self.mirror_blocked,
         )
         decision = reconcile(self.spec, status, obs, self.now)
         self.status = decision.status

@@ -52,6 +52,40 @@ def test_shadow_step_waits_for_the_mirror_to_be_read_back() -> None:
     assert sim.status.step_started_at is not None
 
 
+def test_shadow_step_does_not_start_while_the_gateway_cannot_mirror() -> None:
+    sim = Sim(make_spec(strategy="shadow", iterations=1))
+    sim.apply_route = False
+    sim.route = {"v1": 100}
+    sim.mirror = 0
+    sim.mirror_blocked = "GatewayClass edge does not list HTTPRouteRequestMirror"
+    sim.run(600)
+    assert sim.phase() == "Progressing"
+    assert sim.status.step_started_at is None
+    assert "GatewayClass edge" in sim.status.message
+    assert "Promoted" not in sim.reasons()
+
+
+def test_shadow_step_started_is_held_once_the_mirror_is_off_the_route() -> None:
+    sim = Sim(make_spec(strategy="shadow", iterations=1))
+    sim.tick()
+    sim.tick(advance=10)
+    assert sim.status.step_started_at is not None
+    # The Gateway changed to one that cannot mirror: the reconciler took the mirror off.
+    sim.apply_route = False
+    sim.mirror = 0
+    sim.mirror_blocked = "GatewayClass edge does not list HTTPRouteRequestMirror"
+    sim.run(600)
+    assert sim.phase() == "Progressing"
+    assert "held: GatewayClass edge" in sim.status.message
+    assert "Promoted" not in sim.reasons()
+    assert sim.phase() != "Promoting"
+    # Back on a Gateway that mirrors, it goes on.
+    sim.mirror_blocked = None
+    sim.apply_route = True
+    sim.mirror = 100
+    sim.until("Promoted")
+
+
 def test_shadow_rolled_back_stops_mirroring() -> None:
     sim = Sim(make_spec(strategy="shadow", analysis={"failureLimit": 0}))
     sim.until("RolledBack", verdict="fail")

@@ -155,8 +155,12 @@ def build_status(
     problems: list[Problem],
     now: str,
     previous_conditions: list[dict[str, Any]] | None = None,
+    warnings: list[Problem] | None = None,
 ) -> dict[str, Any]:
-    """The reconciler's status fields (wire form) for ``md`` as observed."""
+    """The reconciler's status fields (wire form) for ``md`` as observed.
+
+    ``warnings`` are problems that leave what serves Ready (e.g. a mirror left off the
+    route): they make Degraded True but hold nothing back."""
     generation = md.metadata.get("generation")
     previous = {c.get("type", ""): c for c in previous_conditions or []}
     states = [version_state(o) for o in observations]
@@ -185,9 +189,10 @@ def build_status(
         if all_problems
         else ("Reconciled", "every version runs its current template")
     )
-    degraded = bool(all_problems)
+    degrading = all_problems + list(warnings or [])
+    degraded = bool(degrading)
     d_reason, d_msg = (
-        (all_problems[0].reason, "; ".join(p.message for p in all_problems))
+        (degrading[0].reason, "; ".join(p.message for p in degrading))
         if degraded
         else ("AsExpected", "")
     )

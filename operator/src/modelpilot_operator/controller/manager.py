@@ -262,6 +262,8 @@ class Controller:
         requeue = None
         if has_work(body):
             seen = body
+            shadow = md.spec.rollout is not None and md.spec.rollout.strategy == "shadow"
+            blocked = self.reconciler.mirror_problem(md) if shadow else None
             step = rollout_step(
                 self.api,
                 md,
@@ -270,6 +272,7 @@ class Controller:
                 self.analysis,
                 self.clock(),
                 lambda e: self._emit(seen, e),
+                blocked.message if blocked is not None else None,
             )
             if step.written is not None:
                 self.mds.store(step.written)

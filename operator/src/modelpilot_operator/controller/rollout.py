@@ -68,8 +68,10 @@ def rollout_step(
     analysis: AnalysisRunner | None,
     now: datetime,
     emit: EmitEvent,
+    mirror_blocked: str | None = None,
 ) -> StepResult:
-    """One decision for ``md`` (validated from ``body``); ``route`` is the live route."""
+    """One decision for ``md`` (validated from ``body``); ``route`` is the live route;
+    ``mirror_blocked`` why the route cannot carry a mirror (None: it can)."""
     status = md.status or ModelDeploymentStatus()
     meta = md.metadata
     traffic = None
@@ -101,6 +103,7 @@ def rollout_step(
         candidate_ready=candidate is not None and ready.get(candidate, False),
         analysis=record,
         generation=meta.get("generation"),
+        mirror_blocked=mirror_blocked,
     )
     decision = reconcile(md.spec, status, obs, now)
     wire = decision.status.to_wire()

@@ -37,6 +37,9 @@ PDB = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
 VIRTUAL_SERVICE = Kind("networking.istio.io/v1", "VirtualService", "virtualservices")
 DESTINATION_RULE = Kind("networking.istio.io/v1", "DestinationRule", "destinationrules")
 HTTP_ROUTE = Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes")
+# Read only: the Gateways an HTTPRoute attaches to and their classes' supported features.
+GATEWAY = Kind("gateway.networking.k8s.io/v1", "Gateway", "gateways")
+GATEWAY_CLASS = Kind("gateway.networking.k8s.io/v1", "GatewayClass", "gatewayclasses", False)
 SERVICE_MONITOR = Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors")
 CRD = Kind(
     "apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False
@@ -60,7 +63,9 @@ OPTIONAL_KINDS = {
     "HTTPRoute": "httproutes.gateway.networking.k8s.io",
     "ServiceMonitor": "servicemonitors.monitoring.coreos.com",
 }
-BY_KIND = {k.kind: k for k in (*CHILD_KINDS, MODEL_DEPLOYMENT, POD, EVENT, CRD)}
+BY_KIND = {
+    k.kind: k for k in (*CHILD_KINDS, MODEL_DEPLOYMENT, POD, EVENT, CRD, GATEWAY, GATEWAY_CLASS)
+}
 
 
 def kind_of(obj: dict[str, object]) -> Kind:

@@ -9,7 +9,7 @@ converges when restarted.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,10 +28,12 @@ from ..builders import (
     md_namespace,
     read_route,
 )
+from ..builders.gateway import classes_without_mirror, mirror_problem
 from ..builders.meta import HTTP_PORT
 from ..builders.status import OWNED_CONDITIONS
 from .children import ApplyReport, contains, reconcile_children
 from .client import KubeApi
+from .gateways import GatewayFeatures
 from .observe import ProviderCache
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,20 @@ class Reconciler:
     api: KubeApi
     options: BuildOptions
     providers: ProviderCache = field(default_factory=lambda: ProviderCache(None))
+    gateways: GatewayFeatures | None = None
+
+    def __post_init__(self) -> None:
+        if self.gateways is None:
+            self.gateways = GatewayFeatures(self.api)
+
+    def mirror_problem(self, md: ModelDeployment) -> Problem | None:
+        """Why the route cannot carry a mirror (None: it can, or its Gateways do not say):
+        router gatewayApi and a GatewayClass that publishes its supported features without
+        HTTPRouteRequestMirror."""
+        if md.spec.routing.router != "gatewayApi":
+            return None
+        assert self.gateways is not None
+        return mirror_problem(classes_without_mirror(self.gateways.classes(md)))
 
     def reconcile(
         self, md: ModelDeployment, view: ChildrenView, now: datetime | None = None
@@ -101,8 +117,15 @@ class Reconciler:
             c.type: c.model_dump(by_alias=True, exclude_none=True) for c in prev
         }
         result.problems = find_problems(md, kinds)
+        warnings: list[Problem] = []
         if not result.problems:
             traffic = desired_traffic(md.spec, md.status)
+            if traffic.mirror_version is not None and traffic.mirror_percent > 0:
+                blocked = self.mirror_problem(md)
+                if blocked is not None:
+                    # The mirror would break the whole rule: serve stable, say why.
+                    warnings.append(blocked)
+                    traffic = replace(traffic, mirror_version=None, mirror_percent=0)
             desired = build_children(md, traffic, options)
             result.report = reconcile_children(self.api, ns, uid, view.live, desired, kinds)
             for key, live in result.report.live.items():
@@ -120,6 +143,7 @@ class Reconciler:
             result.problems,
             _timestamp(now),
             list(result.previous_conditions.values()),
+            warnings,
         )
         current = md.status.to_wire() if md.status else {}
         if not status_holds(current, result.status):

@@ -48,6 +48,8 @@ class Observations:
     ``weights`` and ``mirror_percent`` are read back from the live route (``None``: no route
     or it could not be read). ``analysis`` is the record of the interval that
     :func:`analysis_due` asked for, or ``None`` when none was due or run.
+    ``mirror_blocked`` says why the route cannot carry a mirror (its Gateway's
+    implementation does not support it): a shadow step then neither starts nor passes.
     """
 
     weights: Mapping[str, int] | None = None
@@ -56,6 +58,7 @@ class Observations:
     candidate_ready: bool = False
     analysis: AnalysisRecord | None = None
     generation: int | None = None
+    mirror_blocked: str | None = None
 
 
 @dataclass(frozen=True)
@@ -466,6 +469,8 @@ def _advance(tick: _Tick, ro: Rollout) -> None:
             return
         if not route_matches(weights, mirror, tick.obs.weights, tick.obs.mirror_percent):
             st.message = f"waiting for the route to carry {_describe(weights, mirror)}"
+            if mirror and tick.obs.mirror_blocked:
+                st.message += f"; {tick.obs.mirror_blocked}"
             return
         st.step_started_at = format_time(tick.now)
         st.passed_intervals = 0
@@ -484,7 +489,9 @@ def _advance(tick: _Tick, ro: Rollout) -> None:
         return
     held = seconds_between(st.step_started_at, tick.now) >= step_hold_seconds(ro, step)
     needed = required_passes(ro, step)
-    if held and st.passed_intervals >= needed and tick.obs.candidate_ready:
+    # Intervals that passed without the mirror on the route judged no mirrored traffic.
+    blocked = tick.obs.mirror_blocked if mirror else None
+    if held and st.passed_intervals >= needed and tick.obs.candidate_ready and not blocked:
         tick.emit(
             "Normal",
             "StepPassed",
@@ -516,6 +523,8 @@ def _advance(tick: _Tick, ro: Rollout) -> None:
                 st.inconclusive_since or format_time(tick.now), tick.now
             )
             st.message += f"; {waiting} (inconclusiveDeadline in {max(0.0, left):.0f}s)"
+        if blocked:
+            st.message += f"; held: {blocked}"
 
 
 def _warming_up(ro: Rollout, status: ModelDeploymentStatus) -> bool:
