@@ -250,6 +250,24 @@ def test_long_status_messages_fit_the_clients_frames() -> None:
     run(go)
 
 
+@pytest.mark.parametrize("value", ["1S\n", "\u0661S", "1S ", " 1S"])
+def test_a_malformed_grpc_timeout_is_refused(value: str) -> None:
+    """Not `1S` with a newline after it (field values cannot hold one), nor digits that are
+    not ASCII."""
+    assert h2.parse_timeout(value) is None
+
+    async def go() -> None:
+        block = hh.request_block("/t.S/Echo", [("grpc-timeout", value)])
+        out = h2.frame(h2.HEADERS, h2.END_HEADERS, 1, block)
+        _, frames = await exchange(
+            hh.hello() + out + h2.frame(h2.DATA, h2.END_STREAM, 1, hh.message(b"x"))
+        )
+        assert hh.statuses(frames) == {1: str(grpc.StatusCode.INTERNAL.value[0])}
+
+    if value.isascii():
+        run(go)
+
+
 # -- streams, flow control, messages ---------------------------------------------------------
 
 

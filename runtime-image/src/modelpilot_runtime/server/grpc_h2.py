@@ -78,7 +78,7 @@ MAX_CONTINUATIONS = 64
 MAX_STATUS_MESSAGE = 1024
 
 FRAME = struct.Struct(">HBBBL")  # length (24 bits, as 16 + 8), type, flags, stream id
-TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
+TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 # Seconds before a client's deadline at which the server gives up on the call itself, so
@@ -131,7 +131,7 @@ def status_block(code: int, message: str) -> bytes:
 
 
 def parse_timeout(value: str) -> float | None:
-    m = TIMEOUT.match(value)
+    m = TIMEOUT.fullmatch(value)  # `$` alone would let a trailing newline through
     if m is None:
         return None
     return int(m.group(1)) * TIMEOUT_UNITS[m.group(2)]
