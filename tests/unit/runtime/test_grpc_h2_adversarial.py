@@ -523,6 +523,8 @@ def check_bounded(conn: Any, server: h2.GrpcServer) -> None:
     assert len(conn.streams) <= server.max_streams
     for stream in conn.streams.values():
         assert len(stream.body) <= server.max_message + 5
+    assert conn.buffered == sum(len(s.body) for s in conn.streams.values())
+    assert conn.buffered <= server.max_buffered
     assert conn.decoder.size <= conn.decoder.max_table
     if conn.continuation is not None:
         assert len(conn.continuation[2]) <= h2.MAX_HEADER_BLOCK + h2.OWN_MAX_FRAME

@@ -400,6 +400,7 @@ class _Connection(asyncio.Protocol):
             self._cancel(stream)
         self.streams.clear()
         self.blocked.clear()
+        self.buffered = 0
         self.server.wake()
 
     def pause_writing(self) -> None:
@@ -983,8 +984,10 @@ class GrpcServer:
         # streams; past it, the stream that brings more is answered RESOURCE_EXHAUSTED.
         # (The windows are replenished as data arrives, so without it a connection could
         # hold max_streams messages of max_message bytes each.)
+        # Eight messages of the largest size in flight at once on one connection (grpcio
+        # sends every call of a channel on one) before any is refused.
         if max_buffered is None:
-            max_buffered = max(4 * (max_message + 5), 64 * 1024 * 1024)
+            max_buffered = max(8 * (max_message + 5), 256 * 1024 * 1024)
         self.max_buffered = max_buffered
         self.connections: set[_Connection] = set()
         self.closing = False
