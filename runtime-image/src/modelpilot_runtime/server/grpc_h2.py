@@ -49,10 +49,13 @@ END_STREAM = ACK = 0x1
 END_HEADERS = 0x4
 PADDED = 0x8
 PRIORITY_FLAG = 0x20
+SELF_DEPENDENT = 0x2  # not a flag of HEADERS: marks, inside the server, a stream that
+# names itself as its dependency (a stream error, RFC 9113 section 5.3.1)
 
 # Error codes (section 7).
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
 STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 5, 6, 7, 8, 9
+ENHANCE_YOUR_CALM = 11
 
 # Settings (section 6.5.2).
 SETTINGS_HEADER_TABLE_SIZE, SETTINGS_ENABLE_PUSH, SETTINGS_MAX_CONCURRENT_STREAMS = 1, 2, 3
@@ -67,9 +70,15 @@ OWN_MAX_FRAME = 1 << 20
 STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 1 << 30
 MAX_HEADER_BLOCK = 64 * 1024
+# A header block takes at most this many CONTINUATION frames (empty ones would otherwise
+# keep the loop busy for nothing, CVE-2024-27316's kind of flood).
+MAX_CONTINUATIONS = 64
+# grpc-message is cut to this many characters, so that trailers stay well inside a client's
+# 16 KiB frames and grpcio's metadata limit whatever a message quotes (a method's name).
+MAX_STATUS_MESSAGE = 1024
 
 FRAME = struct.Struct(">HBBBL")  # length (24 bits, as 16 + 8), type, flags, stream id
-TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
+TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 # Seconds before a client's deadline at which the server gives up on the call itself, so
@@ -112,6 +121,8 @@ OK_TRAILERS = literal(b"grpc-status", b"0")
 
 def status_block(code: int, message: str) -> bytes:
     block = literal(b"grpc-status", str(code).encode())
+    if len(message) > MAX_STATUS_MESSAGE:
+        message = message[: MAX_STATUS_MESSAGE - 3] + "..."
     if message:
         # Percent-encoded as the gRPC spec asks (space and printable ASCII but % kept).
         safe = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
@@ -120,7 +131,7 @@ def status_block(code: int, message: str) -> bytes:
 
 
 def parse_timeout(value: str) -> float | None:
-    m = TIMEOUT.match(value)
+    m = TIMEOUT.fullmatch(value)  # `$` alone would let a trailing newline through
     if m is None:
         return None
     return int(m.group(1)) * TIMEOUT_UNITS[m.group(2)]
@@ -218,6 +229,8 @@ class HeaderDecoder:
                 else:
                     raise HPACKError(f"no header table entry {index}")
             elif byte & 0xE0 == 0x20:  # dynamic table size update
+                if headers:
+                    raise HPACKError("table size update after a header field")
                 size, pos = self._int(data, pos, 5)
                 if size > self.max_table:
                     raise HPACKError(f"table size {size} over {self.max_table}")
@@ -301,6 +314,7 @@ class _Stream:
         "id",
         "path",
         "pending",
+        "remote_done",
         "task",
         "timer",
         "trailers",
@@ -323,6 +337,7 @@ class _Stream:
         self.timer: asyncio.TimerHandle | None = None
         self.context: Context | None = None
         self.done = False  # the server has ended the stream (trailers queued or sent)
+        self.remote_done = False  # the client has ended its side (END_STREAM seen)
 
 
 class _ConnectionError(Exception):
@@ -346,6 +361,11 @@ class _Connection(asyncio.Protocol):
         self.peer_max_frame = DEFAULT_FRAME
         self.consumed = 0  # bytes received on the connection not yet given back
         self.continuation: tuple[int, int, bytearray] | None = None
+        self.continuations = 0  # CONTINUATION frames of the block in `continuation`
+        self.buffered = 0  # bytes of request bodies held, over all streams
+        # Calls the client may still cancel before the server stops taking new ones from
+        # it (each answered call gives one back): rapid reset, CVE-2023-44487.
+        self.reset_budget = 2 * server.max_streams
         self.blocked: dict[int, _Stream] = {}
         self.going_away = False
         self.closed = False
@@ -380,7 +400,18 @@ class _Connection(asyncio.Protocol):
             self._cancel(stream)
         self.streams.clear()
         self.blocked.clear()
+        self.buffered = 0
         self.server.wake()
+
+    def pause_writing(self) -> None:
+        """The client does not read what the server writes: stop reading it (and so stop
+        answering its PINGs, SETTINGS and calls) until it does."""
+        with contextlib.suppress(Exception):
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        with contextlib.suppress(Exception):
+            self.transport.resume_reading()
 
     def _write(self, data: bytes) -> None:
         out = self.out
@@ -391,7 +422,7 @@ class _Connection(asyncio.Protocol):
 
     def go_away(self, code: int = NO_ERROR, message: str = "") -> None:
         """Refuse new streams (the ones open carry on); close once none is left."""
-        if not self.going_away:
+        if not self.going_away or code != NO_ERROR:
             self.going_away = True
             payload = struct.pack(">LL", self.last_stream, code) + message.encode()[:256]
             self._write(frame(GOAWAY, 0, 0, payload))
@@ -461,6 +492,7 @@ class _Connection(asyncio.Protocol):
             self.go_away(exc.code, str(exc))
             self._close()
             buf.clear()
+            self.continuation = None
 
     def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
         if self.continuation is not None and kind != CONTINUATION:
@@ -476,27 +508,60 @@ class _Connection(asyncio.Protocol):
         elif kind == WINDOW_UPDATE:
             self._window_update(sid, payload)
         elif kind == PING:
-            if sid != 0 or len(payload) != 8:
-                raise _ConnectionError(PROTOCOL_ERROR, "bad PING")
+            if sid != 0:
+                raise _ConnectionError(PROTOCOL_ERROR, "PING on a stream")
+            if len(payload) != 8:
+                raise _ConnectionError(FRAME_SIZE_ERROR, "bad PING length")
             if not flags & ACK:
                 self._write(frame(PING, ACK, 0, payload))
         elif kind == RST_STREAM:
-            if sid == 0 or len(payload) != 4:
-                raise _ConnectionError(PROTOCOL_ERROR, "bad RST_STREAM")
+            if sid == 0:
+                raise _ConnectionError(PROTOCOL_ERROR, "RST_STREAM on stream 0")
+            if len(payload) != 4:
+                raise _ConnectionError(FRAME_SIZE_ERROR, "bad RST_STREAM length")
+            self._idle_check(sid, "RST_STREAM")
             stream = self.streams.get(sid)
             if stream is not None:
                 self._forget(stream)
                 self._cancel(stream)
+                self.reset_budget -= 1
+                if self.reset_budget < 0:
+                    raise _ConnectionError(ENHANCE_YOUR_CALM, "too many calls cancelled")
         elif kind == GOAWAY:
+            if sid != 0:
+                raise _ConnectionError(PROTOCOL_ERROR, "GOAWAY on a stream")
+            if len(payload) < 8:
+                raise _ConnectionError(FRAME_SIZE_ERROR, "bad GOAWAY length")
             self.go_away()
         elif kind == PUSH_PROMISE:
             raise _ConnectionError(PROTOCOL_ERROR, "a client cannot push")
-        # PRIORITY and unknown frame types are ignored.
+        elif kind == PRIORITY:
+            if sid == 0:
+                raise _ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
+            if len(payload) != 5:
+                self._write(frame(RST_STREAM, 0, sid, struct.pack(">L", FRAME_SIZE_ERROR)))
+            elif int.from_bytes(payload[:4], "big") & 0x7FFFFFFF == sid:
+                self._stream_error(sid, PROTOCOL_ERROR)
+        # Unknown frame types are ignored.
+
+    def _idle_check(self, sid: int, what: str) -> None:
+        """A frame other than HEADERS or PRIORITY on a stream the client has not opened."""
+        if sid > self.last_stream:
+            raise _ConnectionError(PROTOCOL_ERROR, f"{what} on an idle stream")
+
+    def _stream_error(self, sid: int, code: int) -> None:
+        stream = self.streams.get(sid)
+        if stream is not None:
+            self._reset(stream, code)
+        else:
+            self._write(frame(RST_STREAM, 0, sid, struct.pack(">L", code)))
 
     def _settings(self, flags: int, sid: int, payload: bytes) -> None:
         if sid != 0:
             raise _ConnectionError(PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & ACK:
+            if payload:
+                raise _ConnectionError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
             return
         if len(payload) % 6:
             raise _ConnectionError(FRAME_SIZE_ERROR, "bad SETTINGS length")
@@ -509,6 +574,11 @@ class _Connection(asyncio.Protocol):
                 self.peer_initial_window = value
                 for stream in self.streams.values():
                     stream.window += delta
+                    if stream.window > MAX_WINDOW:
+                        raise _ConnectionError(FLOW_CONTROL_ERROR, "a stream window overflows")
+            elif key == SETTINGS_ENABLE_PUSH:
+                if value > 1:
+                    raise _ConnectionError(PROTOCOL_ERROR, "bad ENABLE_PUSH")
             elif key == SETTINGS_MAX_FRAME_SIZE:
                 if not DEFAULT_FRAME <= value <= 2**24 - 1:
                     raise _ConnectionError(PROTOCOL_ERROR, "bad MAX_FRAME_SIZE")
@@ -528,6 +598,7 @@ class _Connection(asyncio.Protocol):
                 raise _ConnectionError(FLOW_CONTROL_ERROR, "connection window overflow")
             self._flush_blocked()
             return
+        self._idle_check(sid, "WINDOW_UPDATE")
         stream = self.streams.get(sid)
         if stream is None:
             return
@@ -550,19 +621,28 @@ class _Connection(asyncio.Protocol):
             start += 5
         if end < start:
             raise _ConnectionError(PROTOCOL_ERROR, "bad padding")
+        dependency = int.from_bytes(payload[start - 5 : start - 1], "big") & 0x7FFFFFFF
+        if flags & PRIORITY_FLAG and dependency == sid:
+            flags |= SELF_DEPENDENT
         block = payload[start:end]
+        if len(block) > MAX_HEADER_BLOCK:
+            raise _ConnectionError(PROTOCOL_ERROR, "header block too large")
         if flags & END_HEADERS:
             self._header_block(sid, flags, block)
         else:
             self.continuation = (sid, flags, bytearray(block))
+            self.continuations = 0
 
     def _continuation(self, flags: int, sid: int, payload: bytes) -> None:
         if self.continuation is None or self.continuation[0] != sid:
             raise _ConnectionError(PROTOCOL_ERROR, "unexpected CONTINUATION")
         block = self.continuation[2]
-        block += payload
-        if len(block) > MAX_HEADER_BLOCK:
+        if len(block) + len(payload) > MAX_HEADER_BLOCK:
             raise _ConnectionError(PROTOCOL_ERROR, "header block too large")
+        self.continuations += 1
+        if self.continuations > MAX_CONTINUATIONS:
+            raise _ConnectionError(ENHANCE_YOUR_CALM, "too many CONTINUATION frames")
+        block += payload
         if flags & END_HEADERS:
             first_flags = self.continuation[1]
             self.continuation = None
@@ -576,7 +656,9 @@ class _Connection(asyncio.Protocol):
             raise _ConnectionError(COMPRESSION_ERROR, f"bad header block: {exc}") from None
         stream = self.streams.get(sid)
         if stream is not None:  # trailers from the client: only END_STREAM matters
-            if flags & END_STREAM:
+            if stream.remote_done:
+                self._reset(stream, STREAM_CLOSED)
+            elif flags & END_STREAM:
                 self._end_of_request(stream)
             return
         if sid % 2 == 0 or sid <= self.last_stream:
@@ -584,6 +666,9 @@ class _Connection(asyncio.Protocol):
                 raise _ConnectionError(PROTOCOL_ERROR, "client streams are odd")
             return  # a stream this server already ended (reset, or answered early)
         self.last_stream = sid
+        if flags & SELF_DEPENDENT:
+            self._write(frame(RST_STREAM, 0, sid, struct.pack(">L", PROTOCOL_ERROR)))
+            return
         if self.going_away or len(self.streams) >= self.server.max_streams:
             self._write(frame(RST_STREAM, 0, sid, struct.pack(">L", REFUSED_STREAM)))
             return
@@ -625,20 +710,27 @@ class _Connection(asyncio.Protocol):
         if self.consumed >= CONNECTION_WINDOW // 2:
             self._write(frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", self.consumed)))
             self.consumed = 0
+        self._idle_check(sid, "DATA")
         stream = self.streams.get(sid)
-        if stream is None:
-            if sid > self.last_stream:
-                raise _ConnectionError(PROTOCOL_ERROR, "DATA on an idle stream")
+        if stream is None or stream.done:
             return  # ended by the server already: ignored
-        if stream.done:
+        if stream.remote_done:
+            self._reset(stream, STREAM_CLOSED)
+            return
+        if stream.unacked + len(payload) > STREAM_WINDOW:
+            self._reset(stream, FLOW_CONTROL_ERROR)
             return
         data: bytes | memoryview = payload
         if flags & PADDED:
             if not payload or payload[0] >= len(payload):
                 raise _ConnectionError(PROTOCOL_ERROR, "bad padding")
             data = memoryview(payload)[1 : len(payload) - payload[0]]
+        if self.buffered + len(data) > self.server.max_buffered:
+            self._refuse(stream, RESOURCE_EXHAUSTED, "too much request data in flight")
+            return
         body = stream.body
         body += data
+        self.buffered += len(data)
         limit = self.server.max_message
         if len(body) >= 5 and int.from_bytes(body[1:5], "big") > limit:
             size = int.from_bytes(body[1:5], "big")
@@ -658,6 +750,7 @@ class _Connection(asyncio.Protocol):
     # -- calls -------------------------------------------------------------------------------
 
     def _end_of_request(self, stream: _Stream) -> None:
+        stream.remote_done = True
         if stream.done or stream.task is not None:
             return
         method = self.server.methods.get(stream.path)
@@ -681,7 +774,7 @@ class _Connection(asyncio.Protocol):
         except Exception as exc:
             self._end(stream, INTERNAL, f"cannot decode the request: {exc}")
             return
-        stream.body = bytearray()
+        self._drop_body(stream)
         context = stream.context = Context(self.loop, stream.deadline)
         if method.now is not None:
             try:
@@ -771,6 +864,7 @@ class _Connection(asyncio.Protocol):
             self.send_window -= size
             stream.window -= size
             stream.headers_sent = True
+            self._answered()
             sid = stream.id
             self._write(
                 frame(HEADERS, END_HEADERS, sid, RESPONSE_HEADERS)
@@ -797,6 +891,7 @@ class _Connection(asyncio.Protocol):
         if stream.done:
             return
         stream.done = True
+        self._answered()
         block = status_block(code, message) if code or message else OK_TRAILERS
         if not stream.headers_sent:  # trailers-only
             stream.headers_sent = True
@@ -806,6 +901,10 @@ class _Connection(asyncio.Protocol):
             return
         stream.trailers = block
         self._flush(stream)
+
+    def _answered(self) -> None:
+        if self.reset_budget < 2 * self.server.max_streams:
+            self.reset_budget += 1
 
     def _refuse(self, stream: _Stream, code: int, message: str) -> None:
         """Answer early (the request is not read to its end) and reset the stream."""
@@ -842,8 +941,13 @@ class _Connection(asyncio.Protocol):
         self._forget(stream)
         self._cancel(stream)
 
+    def _drop_body(self, stream: _Stream) -> None:
+        self.buffered -= len(stream.body)
+        stream.body = bytearray()
+
     def _forget(self, stream: _Stream) -> None:
         stream.done = True
+        self._drop_body(stream)
         if stream.timer is not None:
             stream.timer.cancel()
             stream.timer = None
@@ -867,11 +971,24 @@ class GrpcServer:
     """Listens and serves `methods` (by path, `/package.Service/Method`)."""
 
     def __init__(
-        self, methods: dict[str, Method], max_message: int, max_streams: int = 1024
+        self,
+        methods: dict[str, Method],
+        max_message: int,
+        max_streams: int = 1024,
+        max_buffered: int | None = None,
     ) -> None:
         self.methods = methods
         self.max_message = max_message
         self.max_streams = max_streams
+        # Request bytes one connection may hold in unfinished messages, over all its
+        # streams; past it, the stream that brings more is answered RESOURCE_EXHAUSTED.
+        # (The windows are replenished as data arrives, so without it a connection could
+        # hold max_streams messages of max_message bytes each.)
+        # Eight messages of the largest size in flight at once on one connection (grpcio
+        # sends every call of a channel on one) before any is refused.
+        if max_buffered is None:
+            max_buffered = max(8 * (max_message + 5), 256 * 1024 * 1024)
+        self.max_buffered = max_buffered
         self.connections: set[_Connection] = set()
         self.closing = False
         self._server: asyncio.AbstractServer | None = None
