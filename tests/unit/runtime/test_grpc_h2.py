@@ -99,7 +99,9 @@ def test_timeouts_and_status_blocks() -> None:
 
 @pytest.fixture(scope="module")
 def srv(sample_repo: Path) -> Iterator[RunningServer]:
-    with run_server(models={n: sample_repo / n for n in ("tiny", "echo")}) as s:
+    with run_server(
+        models={n: sample_repo / n for n in ("tiny", "echo")}, grpc_server="native"
+    ) as s:
         yield s
 
 
@@ -301,7 +303,9 @@ def test_large_tensors_both_ways(srv: RunningServer) -> None:
 
 
 def test_a_message_over_the_limit_is_refused(sample_repo: Path) -> None:
-    with run_server(models={"tiny": sample_repo / "tiny"}, max_body_bytes=1000) as s:
+    with run_server(
+        models={"tiny": sample_repo / "tiny"}, max_body_bytes=1000, grpc_server="native"
+    ) as s:
         request = pb.ModelInferRequest.FromString(
             infer_request("tiny", "input", np.ones((200, 8), np.float32))
         )
@@ -329,7 +333,9 @@ def test_compressed_messages_are_unimplemented(srv: RunningServer) -> None:
 
 def test_many_calls_at_once_on_one_channel_with_batching(sample_repo: Path) -> None:
     defaults = {"batching": {"max_batch_size": 16, "max_delay_ms": 5}}
-    with run_server(models={"tiny": sample_repo / "tiny"}, model_defaults=defaults) as s:
+    with run_server(
+        models={"tiny": sample_repo / "tiny"}, model_defaults=defaults, grpc_server="native"
+    ) as s:
         rng = np.random.default_rng(3)
         xs = [rng.random((1, 8), dtype=np.float32) for _ in range(200)]
         with grpc.insecure_channel(s.grpc_target) as channel:

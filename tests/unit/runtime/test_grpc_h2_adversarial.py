@@ -574,7 +574,7 @@ def test_fuzz_frame_sequences(frames: list[bytes], cuts: list[int]) -> None:
 
 @pytest.fixture(scope="module")
 def live(sample_repo: Path) -> Any:
-    with run_server(models={"tiny": sample_repo / "tiny"}) as s:
+    with run_server(models={"tiny": sample_repo / "tiny"}, grpc_server="native") as s:
         yield s
 
 

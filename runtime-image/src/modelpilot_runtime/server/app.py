@@ -36,7 +36,7 @@ class ServerSettings:
     host: str = "0.0.0.0"
     http_port: int = 8080
     grpc_port: int | None = 8081  # None: no gRPC
-    grpc_server: str = "native"  # the own HTTP/2 transport (grpc_h2), or "grpcio" (grpc.aio)
+    grpc_server: str = "grpcio"  # grpc.aio, or "native": the own HTTP/2 transport (grpc_h2)
     model_repository: Path | None = None
     models: dict[str, Path] = field(default_factory=dict)
     poll_interval: float = 5.0  # seconds; 0 turns polling off
