@@ -55,6 +55,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from e2e.pods import Kube
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 ALLOWED_TTL = 300.0
@@ -93,17 +95,6 @@ class Node(Protocol):
     def running_containers(self) -> list[RunningContainer]: ...
 
     def log_source(self, namespace: str, pod: str, container: str) -> LogSource | None: ...
-
-
-class Kube(Protocol):
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None = None,
-        timeout: float = 5,
-        content_type: str = "application/json",
-    ) -> tuple[int, bytes]: ...
 
 
 # --- /proc accounting -----------------------------------------------------------------------
