@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from e2e.pods import Kube
+from e2e.pods import KubeRequests
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -419,7 +419,7 @@ VERBS = {"GET": "get", "HEAD": "get", "POST": "create", "PUT": "update", "PATCH"
 class Authorizer:
     """TokenReviews and SubjectAccessReviews through the API server, with a cache."""
 
-    def __init__(self, kube: Kube, node: str) -> None:
+    def __init__(self, kube: KubeRequests, node: str) -> None:
         self.kube = kube
         self.node = node
         self.lock = threading.Lock()

@@ -50,8 +50,8 @@ BACKOFF_RESET_AFTER = 600.0
 TICK = 0.25
 
 
-class Kube(Protocol):
-    """What a pod runner needs from the API server (the node agent's client)."""
+class KubeRequests(Protocol):
+    """Requests to the API server (the node agent's client); all the kubelet API needs."""
 
     def request(
         self,
@@ -61,6 +61,10 @@ class Kube(Protocol):
         timeout: float = 5,
         content_type: str = "application/json",
     ) -> tuple[int, bytes]: ...
+
+
+class Kube(KubeRequests, Protocol):
+    """What a pod runner needs from the API server."""
 
     def get_json(self, path: str) -> dict[str, Any] | None: ...
 
