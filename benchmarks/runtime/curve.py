@@ -1,16 +1,19 @@
 """The latency/throughput curve, batched against unbatched, side by side in one run.
 
-    .venv/bin/python benchmarks/runtime/curve.py [--duration 2] [--concurrency 1,2,...,128]
+    .venv/bin/python benchmarks/runtime/curve.py [--duration 2] [--rounds 3]
+        [--concurrency 1,2,...,128] [--baseline REV]
 
 One model (tiny by default), two servers started together on the server core (`run.py`'s
 fixed split: server on core 1, wrk on core 0, onnxruntime with one thread): one without
 batching and one with the adaptive batcher (`--max-batch-size 32 --max-batch-delay-ms 2`).
 At every concurrency the two are measured one right after the other, so both see the same
-neighbours. `--baseline REV` adds a third server, batched with the same flags, from the
-runtime as it was at git revision REV (for example the fixed-delay batcher before the
-adaptive one). Writes curve.json and curve.png here and prints, last, the ratios the goals
-are read from: batched over unbatched p50 at concurrency 1, and each side's requests per
-second (wall clock, and per CPU-second of the server) over the in-process batch-1 ceiling.
+neighbours; the whole sweep is repeated `--rounds` times, the ceiling measured after each,
+and every cell is reported as its median over the rounds (min-max of req/s beside it).
+`--baseline REV` adds a third server, batched with the same flags, from the runtime as it
+was at git revision REV (for example the fixed-delay batcher before the adaptive one).
+Writes curve.json and curve.png here and prints, last, the ratios the goals are read from:
+batched over unbatched p50 at concurrency 1, and each side's requests per second (wall
+clock, and per CPU-second of the server) over the in-process batch-1 ceiling.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -91,6 +95,28 @@ def start_baseline(
     raise SystemExit(f"baseline server did not become ready; see {work / 'baseline.log'}")
 
 
+MEDIAN_KEYS = (
+    "rps", "p50_us", "p99_us", "server_cpu_us", "mean_batch", "ratio_b1", "cpu_ratio_b1",
+)  # fmt: skip
+
+
+def medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per side and concurrency: the median of each measure over the rounds, with
+    the lowest and highest requests per second beside it."""
+    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in runs:
+        cells.setdefault((r["side"], r["concurrency"]), []).append(r)
+    rows = []
+    for (side, conc), group in cells.items():
+        row: dict[str, Any] = {"side": side, "concurrency": conc, "rounds": len(group)}
+        for key in MEDIAN_KEYS:
+            row[key] = statistics.median(g[key] for g in group)
+        row["rps_min"] = min(g["rps"] for g in group)
+        row["rps_max"] = max(g["rps"] for g in group)
+        rows.append(row)
+    return rows
+
+
 def plot(rows: list[dict[str, Any]], ceiling_rps: float, model: str, path: Path) -> None:
     import matplotlib
 
@@ -143,6 +169,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="measure every cell this often; report medians"
+    )
     parser.add_argument("--baseline", metavar="REV", help="also the batched runtime at REV")
     parser.add_argument("--plot-only", action="store_true", help="redraw curve.png from curve.json")
     args = parser.parse_args()
@@ -175,24 +204,31 @@ def main() -> None:
                 proc,
                 bench.Target(args.model, url, grpc_target, bodies, ""),
             )
-        rows: list[dict[str, Any]] = []
-        for conc in map(int, args.concurrency.split(",")):
-            for side, (proc, target) in servers.items():
-                result = measure(target, proc, args.protocol, conc, args.duration, args.warmup)
-                row = {"side": side, "concurrency": conc, **result}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+        model_file = repo / args.model / "1" / "model.onnx"
+        runs: list[dict[str, Any]] = []
+        ceilings: list[dict[str, float]] = []
+        for round_ in range(args.rounds):
+            for conc in map(int, args.concurrency.split(",")):
+                for side, (proc, target) in servers.items():
+                    result = measure(target, proc, args.protocol, conc, args.duration, args.warmup)
+                    row = {"round": round_, "side": side, "concurrency": conc, **result}
+                    runs.append(row)
+                    print(json.dumps(row), flush=True)
+            # The ceiling once per round, so each round's ratios share its neighbours.
+            b1_round = bench.ceiling(model_file, bench.SHAPES[args.model], [1])[1]
+            ceilings.append(b1_round)
+            for r in runs:
+                if r["round"] == round_:
+                    r["ratio_b1"] = r["rps"] / b1_round["rows_per_s"]
+                    per_cpu = 1e6 / r["server_cpu_us"] if r["server_cpu_us"] else 0.0
+                    r["cpu_ratio_b1"] = per_cpu / b1_round["rows_per_cpu_s"]
     finally:
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(30)
-    model_file = repo / args.model / "1" / "model.onnx"
-    b1 = bench.ceiling(model_file, bench.SHAPES[args.model], [1])[1]
     load_after = os.getloadavg()
-    for r in rows:
-        r["ratio_b1"] = r["rps"] / b1["rows_per_s"]
-        per_cpu = 1e6 / r["server_cpu_us"] if r["server_cpu_us"] else 0.0
-        r["cpu_ratio_b1"] = per_cpu / b1["rows_per_cpu_s"]
+    rows = medians(runs)
+    b1 = {k: statistics.median(c[k] for c in ceilings) for k in ceilings[0]}
     meta = {
         "command": "benchmarks/runtime/curve.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
@@ -203,22 +239,27 @@ def main() -> None:
         "protocol": args.protocol,
         "batched_flags": SIDES["batched"],
         "baseline": args.baseline,
+        "rounds": args.rounds,
         "ceiling_b1": b1,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "curve.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (args.out / "curve.json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "runs": runs, "ceilings": ceilings}, indent=1)
+    )
     plot(rows, b1["rows_per_s"], args.model, args.out / "curve.png")
 
     print()
     print(f"{meta['date']}; load average {meta['load_before']} before, {meta['load_after']} after")
+    print(f"medians over {args.rounds} rounds (every cell measured once per round, in turn)")
     print(
-        "| side | conc | req/s | p50 ms | p99 ms | mean batch | server CPU µs/req | vs b1 "
-        "| per CPU-s vs b1 |"
+        "| side | conc | req/s | req/s min-max | p50 ms | p99 ms | mean batch "
+        "| server CPU µs/req | vs b1 | per CPU-s vs b1 |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['side']} | {r['concurrency']} | {r['rps']:,.0f} | {r['p50_us'] / 1000:.3f} | "
+            f"| {r['side']} | {r['concurrency']} | {r['rps']:,.0f} | "
+            f"{r['rps_min']:,.0f}-{r['rps_max']:,.0f} | {r['p50_us'] / 1000:.3f} | "
             f"{r['p99_us'] / 1000:.3f} | {r['mean_batch']:.1f} | {r['server_cpu_us']:.1f} | "
             f"{100 * r['ratio_b1']:.1f}% | {100 * r['cpu_ratio_b1']:.1f}% |"
         )

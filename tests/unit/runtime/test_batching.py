@@ -548,3 +548,103 @@ def test_requests_arriving_without_pause_wait_at_most_max_delay() -> None:
     assert next(iter(batcher.dispatched)) == "delay"  # the first batch dispatched
     assert backend.batches[0] > 1
     assert sum(backend.batches) == sent
+
+
+def test_an_idle_batcher_lets_the_caller_run_a_lone_request_in_its_own_turn() -> None:
+    backend = DoublingBackend()
+    runner, _ = make_runner(backend)
+
+    async def scenario() -> DynamicBatcher:
+        batcher = DynamicBatcher(runner, LONG_DELAY)
+        batcher.start()
+        await turns(2)  # the worker sleeps for want of requests
+        for i in range(3):
+            assert batcher.idle_now()
+            np.testing.assert_array_equal(batcher.run_now(rows(i), None)["y"], rows(i)["x"] * 2)
+            # A second request read in the same loop turn is not run by its caller.
+            assert not batcher.idle_now()
+            await turns(1)
+        await batcher.close()
+        return batcher
+
+    batcher = run(scenario())
+    assert backend.batches == [1, 1, 1]
+    assert batcher.dispatched == {"now": 3}
+
+
+def test_requests_read_in_one_turn_after_one_run_at_once_are_batched() -> None:
+    backend = DoublingBackend()
+    runner, _ = make_runner(backend)
+
+    async def scenario() -> list[Any]:
+        batcher = DynamicBatcher(runner, LONG_DELAY)
+        batcher.start()
+        await turns(2)
+        # As a server reading five requests in one poll: the first finds the model idle and
+        # runs at once; the four behind it queue and share the next batch.
+        answers: list[Any] = []
+        jobs = []
+        for i in range(5):
+            if batcher.idle_now():
+                answers.append(batcher.run_now(rows(i), None)["y"])
+            else:
+                jobs.append(asyncio.ensure_future(batcher.submit(rows(i), None, 1)))
+        await turns(6)
+        assert all(job.done() for job in jobs)
+        answers.extend(job.result()["y"] for job in jobs)
+        await batcher.close()
+        return answers
+
+    answers = run(scenario())
+    assert backend.batches == [1, 4]
+    for i, y in enumerate(answers):
+        np.testing.assert_array_equal(y, rows(i)["x"] * 2)
+
+
+def test_the_caller_runs_nothing_while_requests_wait_run_in_a_thread_or_after_close() -> None:
+    backend = DoublingBackend()
+
+    async def queued() -> None:
+        runner, _ = make_runner(backend)
+        batcher = DynamicBatcher(runner, LONG_DELAY)
+        batcher.start()
+        await turns(2)
+        job = asyncio.ensure_future(batcher.submit(rows(0), None, 1))
+        await turns(1)  # submitted, not yet run
+        assert batcher._queued == 1 and not batcher.idle_now()
+        await job
+        await batcher.close()
+        assert not batcher.idle_now()  # closed: requests are refused instead
+
+    async def threaded() -> None:
+        runner, _ = make_runner(backend, inline=False)
+        batcher = DynamicBatcher(runner, LONG_DELAY)
+        batcher.start()
+        await turns(2)
+        assert not batcher.idle_now()  # a model run in the worker thread never blocks the loop
+        await batcher.close()
+
+    run(queued())
+    run(threaded())
+
+
+def test_an_idle_batched_model_answers_within_the_socket_read(sample_repo: Path) -> None:
+    defaults = {"batching": {"max_batch_size": 16, "max_delay_ms": 30}}
+    body = {"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [1] * 8}]}
+    with run_server(models={"tiny": sample_repo / "tiny"}, model_defaults=defaults) as srv:
+        served = srv.runtime.repository.get("tiny")
+        batcher = served.scheduler
+        assert isinstance(batcher, DynamicBatcher)
+        assert srv.call(_runs_now(served))
+        with httpx.Client(base_url=srv.url) as client:
+            for _ in range(5):
+                assert client.post("/v2/models/tiny/infer", json=body).status_code == 200
+        # One request at a time: each found the batcher idle and ran in the socket read, so
+        # the worker never ran a batch.
+        assert batcher.dispatched == {"now": 5}
+        assert not batcher._running and batcher._queued == 0
+
+
+async def _runs_now(served: Any) -> bool:
+    await asyncio.sleep(0)
+    return bool(served.runs_now())

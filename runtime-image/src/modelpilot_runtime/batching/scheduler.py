@@ -11,9 +11,11 @@ to `max_batch_size` of them together. It batches adaptively: a request that find
 idle and nothing else arriving is run at once, without waiting for `max_delay`; requests
 that came while the model was busy run together as soon as it is free; and while requests
 keep arriving (every event-loop turn brings more) it waits for them, until the batch is full,
-a turn brings none, or the oldest request has waited `max_delay`. So batching costs a lone
-request its way through the batcher (a task, the worker's turn), not the delay, and can be
-on by default. Requests that cannot
+a turn brings none, or the oldest request has waited `max_delay`. For a model run inline, a
+request that finds the batcher idle (nothing queued or running, and no other request run
+this way in the same loop turn) is run by its caller right away (`idle_now`, `run_now`), as
+if batching were off: a lone request pays nothing for batching, while the second request
+read in the same turn, and every one behind it, is queued and batched. Requests that cannot
 share a batch (different inner shapes) wait for the next one. When a batch fails, its halves
 are run again (recursively), so a request the model cannot take gets its error alone and the
 others of its batch are answered. Both keep at most `max_queue` requests waiting and reject
@@ -177,13 +179,14 @@ class _Waiting:
 
 
 # Why the batcher dispatched a batch (`DynamicBatcher.dispatched` counts them).
+NOW = "now"  # the model was idle: its caller ran a lone request in its own turn (`run_now`)
 IDLE = "idle"  # the model was idle and nothing else was queued, or arrived in one loop turn
 BUSY = "busy"  # requests that arrived while the model was busy, run as soon as it was free
 FULL = "full"  # `max_batch_size` rows were waiting
 QUIET = "quiet"  # requests were arriving, then a loop turn brought none
 DELAY = "delay"  # requests kept arriving until the oldest had waited `max_delay`
 CLOSING = "closing"  # the version is shutting down: what is queued runs now
-DISPATCH_REASONS = (IDLE, BUSY, FULL, QUIET, DELAY, CLOSING)
+DISPATCH_REASONS = (NOW, IDLE, BUSY, FULL, QUIET, DELAY, CLOSING)
 
 
 def _batch_key(inputs: dict[str, Array]) -> tuple[Any, ...]:
@@ -215,13 +218,44 @@ class DynamicBatcher:
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # A request was run by its caller (`run_now`) in this loop turn: the next one queues.
+        self._turn_taken = False
 
     @property
     def pending(self) -> int:
         return self._queued
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._supervise())
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._supervise())
+
+    def idle_now(self) -> bool:
+        """Whether a request may be run by its caller at once (`run_now`): the model is run
+        inline, nothing is queued or running, and no request was run so in this loop turn
+        (so that requests read together in one turn are batched, not run one by one)."""
+        return (
+            self.runner.inline
+            and not self._queued
+            and not self._running
+            and not self._turn_taken
+            and not self._closed
+            and self._loop is not None
+        )
+
+    def _next_turn(self) -> None:
+        self._turn_taken = False
+
+    def run_now(self, inputs: dict[str, Array], outputs: list[str] | None) -> Outputs:
+        """Run one request right away, in the caller's turn; only when `idle_now()` said so,
+        with nothing awaited in between. Counted as a batch of one dispatched `now`."""
+        assert self._loop is not None
+        self._turn_taken = True
+        self._loop.call_soon(self._next_turn)
+        self.dispatched[NOW] += 1
+        self.last_dispatch = NOW
+        self.runner.metrics.queue_duration.observe(0.0)
+        return self.runner.run_sync(inputs, outputs, 1)
 
     async def _supervise(self) -> None:
         """Run the worker; should it fail, answer what it held with 503 and start it again,

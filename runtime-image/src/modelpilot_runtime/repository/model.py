@@ -64,6 +64,9 @@ class ServedVersion:
         self.info: BackendInfo | None = None
         self.scheduler: Scheduler | None = None
         self.fast = False  # inline, unbatched, no faults: answered without a task
+        # Inline and batched, no faults: a request that finds the batcher idle is answered
+        # like a `fast` one (see `runs_now`).
+        self._batched_now: DynamicBatcher | None = None
         self.cache: ResultCache | None = None
         self.inflight = 0
         self._idle: asyncio.Event | None = None
@@ -138,12 +141,12 @@ class ServedVersion:
             self.cache = ResultCache(cfg.cache.max_entries)
         # The fast path skips the state check, so a backend that can lose its model server
         # (and so readiness) always takes the checked path.
-        self.fast = (
-            isinstance(self.scheduler, DirectScheduler)
-            and inline
-            and not cfg.faults.active
-            and not hasattr(self.backend, "set_health_listener")
+        plain = (
+            inline and not cfg.faults.active and not hasattr(self.backend, "set_health_listener")
         )
+        self.fast = plain and isinstance(self.scheduler, DirectScheduler)
+        if plain and isinstance(self.scheduler, DynamicBatcher):
+            self._batched_now = self.scheduler
         self._idle = asyncio.Event()
         self._idle.set()
         # Every series exists from the start, so rate() over them never sees a gap.
@@ -305,8 +308,17 @@ class ServedVersion:
                     )
         return max(rows, 1)
 
+    def runs_now(self) -> bool:
+        """Whether `infer_now` may answer a request within the caller's turn, without a
+        task: always when `fast`; for a batched inline model, when the batcher is idle."""
+        if self.fast:
+            return True
+        batcher = self._batched_now
+        return batcher is not None and batcher.idle_now()
+
     def infer_now(self, inputs: dict[str, Array], outputs: list[str] | None) -> Outputs:
-        """The fast path (see `fast`): validate, look up the cache, run inline."""
+        """The fast path, only right after `runs_now()` said so: validate, look up the cache,
+        run inline."""
         self.check(inputs, outputs)
         cache = self.cache
         if cache is not None:
@@ -316,8 +328,9 @@ class ServedVersion:
                 self.vm.cache_hit.inc()
                 return hit
             self.vm.cache_miss.inc()
-        assert isinstance(self.scheduler, DirectScheduler)
-        results = self.scheduler.run_now(inputs, outputs)
+        scheduler = self.scheduler
+        assert isinstance(scheduler, DirectScheduler | DynamicBatcher)
+        results = scheduler.run_now(inputs, outputs)
         if outputs is not None:
             results = {n: results[n] for n in outputs}
         if cache is not None:

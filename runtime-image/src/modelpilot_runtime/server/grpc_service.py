@@ -216,7 +216,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             inputs = decode_inputs(request)
             outputs = [o.name for o in request.outputs] or None
             remaining = context.time_remaining()
-            if served.fast:
+            if served.runs_now():
                 results = served.infer_now(inputs, outputs)
             elif remaining is None or isinstance(context, Context):
                 # No deadline, or the own transport's timer keeps it (see grpc_h2._expire).
@@ -246,15 +246,15 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInferNow(  # noqa: N802
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse | None:
-        """ModelInfer for a model answered inline (`served.fast`: unbatched, cheap), called by
-        the own transport within the socket read, without a task; None for every other call,
-        which `ModelInfer` then takes whole (and counts)."""
+        """ModelInfer for a model answered inline (`served.runs_now()`: cheap, and unbatched
+        or its batcher idle), called by the own transport within the socket read, without a
+        task; None for every other call, which `ModelInfer` then takes whole (and counts)."""
         started = time.perf_counter()
         try:
             served = self.repo.get(request.model_name, request.model_version or None)
         except InferenceError:
             return None  # unknown or not ready: ModelInfer answers (and counts) it
-        if not served.fast:
+        if not served.runs_now():
             return None
         try:
             inputs = decode_inputs(request)

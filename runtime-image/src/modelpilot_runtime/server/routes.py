@@ -285,7 +285,7 @@ class HttpApi:
                 len(req.body) if header_length is None else _int_or_zero(header_length)
             )
             parsed = v2.decode(req.body, header_length)
-            if served.fast:
+            if served.runs_now():
                 results = served.infer_now(parsed.inputs, parsed.outputs)
                 return self._v2_answer(served, parsed, results, req.started)
         except Exception as exc:
@@ -455,7 +455,7 @@ class HttpApi:
             served = self.repo.get(name, version)
             self._check_json_size(len(req.body))
             inputs, rows_format = tfserving.decode(req.body, served.input_specs)
-            if served.fast:
+            if served.runs_now():
                 results = served.infer_now(inputs, None)
                 body = tfserving.encode(results, rows_format)
                 self.outcomes.done(served, name, TF_REST, 200, req.started)
