@@ -1,20 +1,22 @@
 """gRPC against the baseline, side by side in one run: the issue-16 gRPC goals.
 
-    benchmarks/runtime/install.sh        # wrk, ghz
+    benchmarks/runtime/install.sh        # wrk, ghz, grpcload
     .venv/bin/python benchmarks/runtime/grpc_bench.py [--rounds 3] [--duration 2] [--baseline main]
 
-The tiny model, `run.py`'s fixed split (servers on core 1, ghz and wrk on core 0,
-onnxruntime with one thread), ghz driving gRPC with the same flags for every side. Sides:
-this tree's runtime with its own gRPC transport (`native`, the default) and with grpc.aio
-(`grpcio`), and the runtime at git revision `--baseline` (grpc.aio, as it was). Each side
-runs two servers: unbatched (for the latency at concurrency 1) and batched (`--max-batch-size
-32 --max-batch-delay-ms 2`, for the throughput at concurrency 64); HTTP with the binary
-tensor extension is measured on the same servers with wrk, for reference. Every round
-measures every cell one right after the other, so all sides see the same neighbours; the
-rounds are repeated and each cell is reported as the median with its range. Printed last:
-the gRPC p50 added over a bare `session.run` at concurrency 1 (goal <= 250 µs) and batched
-gRPC over HTTP binary requests per second at concurrency 64 (goal >= 0.8), per side. Writes
-grpc.json here (grpc-realtime.json with `--realtime`).
+The tiny model, `run.py`'s fixed split (servers on core 1, the load generators on core 0,
+onnxruntime with one thread), one gRPC client driving every side with the same flags:
+grpcload (benchmarks/runtime/grpcload, a request serialized once, one connection) by
+default, ghz with `--client ghz` (which spends more CPU per call than the server does).
+Sides: this tree's runtime with its own gRPC transport (`native`, opt-in) and with grpc.aio
+(`grpcio`, the default), and the runtime at git revision `--baseline` (grpc.aio, as it was).
+Each side runs two servers: unbatched (for the latency at concurrency 1) and batched
+(`--max-batch-size 32 --max-batch-delay-ms 2`, for the throughput at concurrency 64); HTTP
+with the binary tensor extension is measured on the same servers with wrk, for reference.
+Every round measures every cell one right after the other, so all sides see the same
+neighbours; the rounds are repeated and each cell is reported as the median with its range.
+Printed last: the gRPC p50 added over a bare `session.run` at concurrency 1 (goal <= 250 µs)
+and batched gRPC over HTTP binary requests per second at concurrency 64 (goal >= 0.8), per
+side. Writes grpc.json here (grpc-realtime.json with `--realtime`).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def measure(
     cpu1 = bench.cpu_seconds(proc.pid)
     answered = s1 - s0
     result["server_cpu_us"] = 1e6 * (cpu1 - cpu0) / answered if answered else 0.0
-    # The load generator's own CPU (ghz or wrk, on the client core) per answered request.
+    # The load generator's own CPU (the gRPC client or wrk, on the client core) per request.
     client = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
     result["client_cpu_us"] = 1e6 * client / answered if answered else 0.0
     result["mean_batch"] = answered / (c1 - c0) if c1 > c0 else 0.0
@@ -106,14 +108,22 @@ def main() -> None:
     parser.add_argument("--baseline", metavar="REV", default="main")
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument(
-        "--realtime", action="store_true", help="servers, ghz, wrk and ceiling under SCHED_FIFO"
+        "--realtime", action="store_true", help="servers, clients and ceiling under SCHED_FIFO"
+    )
+    parser.add_argument(
+        "--client",
+        choices=["grpcload", "ghz"],
+        default="grpcload",
+        help="the gRPC load generator: grpcload (lean: a request serialized once, responses "
+        "left unparsed) or ghz (a request built from its template and a response decoded on "
+        "every call)",
     )
     args = parser.parse_args()
     if args.realtime:
         bench.PRIORITY[:] = ["chrt", "-f", "10"]
-    ghz = shutil.which("ghz") or str(Path.home() / ".cache/modelpilot/bin/ghz")
+    ghz = shutil.which(args.client) or str(Path.home() / ".cache/modelpilot/bin" / args.client)
     if not Path(ghz).exists():
-        raise SystemExit("ghz not found: run benchmarks/runtime/install.sh")
+        raise SystemExit(f"{args.client} not found: run benchmarks/runtime/install.sh")
 
     work = Path(tempfile.mkdtemp(prefix="modelpilot-grpc-"))
     sys.path.insert(0, str(bench.ROOT / "runtime-image/src"))
@@ -180,7 +190,8 @@ def main() -> None:
         "baseline": f"{args.baseline} ({rev})",
         "load_per_round": loads,
         "realtime": args.realtime,
-        "cores": f"servers on core {bench.SERVER_CORE}, ghz and wrk on core {bench.CLIENT_CORE}",
+        "cores": f"servers on core {bench.SERVER_CORE}, clients on core {bench.CLIENT_CORE}",
+        "grpc_client": args.client,
         "ceiling_b1": b1,
     }
     args.out.mkdir(parents=True, exist_ok=True)

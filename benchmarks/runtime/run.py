@@ -108,6 +108,13 @@ def write_bodies(model: str, work: Path) -> dict[str, Path]:
     }
     bodies["grpc"] = work / f"{model}.grpc.json"
     bodies["grpc"].write_text(json.dumps(grpc_doc))
+    # The same request serialized, for grpcload (which sends bytes as they are).
+    from modelpilot_runtime.server.proto import inference_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=model, raw_input_contents=[raw])
+    request.inputs.add(name="input", datatype="FP32", shape=shape)
+    bodies["grpc-bin"] = work / f"{model}.grpc.bin"
+    bodies["grpc-bin"].write_bytes(request.SerializeToString())
     return bodies
 
 
@@ -201,8 +208,33 @@ class Target:
     ghz: str
 
 
+def run_grpcload(
+    grpcload: str, target: str, data: Path, concurrency: int, seconds: float
+) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            *PRIORITY, "taskset", "-c", CLIENT_CORE, grpcload, "-target", target,
+            "-data", str(data), "-c", str(concurrency), "-d", f"{seconds}s", "-cpus", "1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout  # fmt: skip
+    doc = json.loads(out)
+    return {
+        "rps": doc["requests"] / (doc["duration_us"] / 1e6),
+        "p50_us": doc["p50_us"],
+        "p99_us": doc["p99_us"],
+        "errors": doc["errors"],
+        "error_kinds": doc["error_kinds"],
+    }
+
+
 def load(t: Target, protocol: str, concurrency: int, seconds: float) -> dict[str, Any]:
     if protocol == "grpc":
+        # `ghz` names the gRPC load generator: ghz, or the leaner grpcload.
+        if Path(t.ghz).name == "grpcload":
+            return run_grpcload(t.ghz, t.grpc_target, t.bodies["grpc-bin"], concurrency, seconds)
         return run_ghz(t.ghz, t.grpc_target, t.bodies["grpc"], concurrency, seconds)
     headers = "Content-Type: application/json"
     if protocol == "http-binary":

@@ -116,8 +116,9 @@ class Batching(ApiModel):
     enabled: bool = Field(
         default=True,
         description="On by default: the adaptive batcher runs a request that finds the model "
-        "idle at once, so at low load batching costs tens of microseconds, never maxDelay. "
-        "false runs every request alone.",
+        "idle at once, never after maxDelay; for a small model (run on the event loop) such a "
+        "request is answered as if batching were off, for a larger one it costs tens of "
+        "microseconds. false runs every request alone.",
     )
     max_batch_size: int = Field(default=8, ge=1, le=4096)
     max_delay: Duration = Field(
