@@ -611,7 +611,8 @@ def test_the_caller_runs_nothing_while_requests_wait_run_in_a_thread_or_after_cl
         await turns(2)
         job = asyncio.ensure_future(batcher.submit(rows(0), None, 1))
         await turns(1)  # submitted, not yet run
-        assert batcher._queued == 1 and not batcher.idle_now()
+        assert batcher._queued == 1
+        assert not batcher.idle_now()
         await job
         await batcher.close()
         assert not batcher.idle_now()  # closed: requests are refused instead
@@ -642,7 +643,8 @@ def test_an_idle_batched_model_answers_within_the_socket_read(sample_repo: Path)
         # One request at a time: each found the batcher idle and ran in the socket read, so
         # the worker never ran a batch.
         assert batcher.dispatched == {"now": 5}
-        assert not batcher._running and batcher._queued == 0
+        assert not batcher._running
+        assert batcher._queued == 0
 
 
 async def _runs_now(served: Any) -> bool:
