@@ -237,30 +237,18 @@ def test_batching_through_the_server(sample_repo: Path) -> None:
 
 def test_overload_through_the_server_answers_429_not_5xx(sample_repo: Path) -> None:
     defaults = {"batching": {"max_batch_size": 2, "max_delay_ms": 200, "max_queue": 2}}
+    body = {"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [1.0] * 8}]}
     with run_server(models={"tiny": sample_repo / "tiny"}, model_defaults=defaults) as srv:
-
-        async def burst() -> list[httpx.Response]:
-            async with httpx.AsyncClient(
-                base_url=srv.url, limits=httpx.Limits(max_connections=50)
-            ) as client:
-                body = {
-                    "inputs": [
-                        {"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [1.0] * 8}
-                    ]
-                }
-                return list(
-                    await asyncio.gather(
-                        *(client.post("/v2/models/tiny/infer", json=body) for _ in range(20))
-                    )
-                )
-
-        responses = asyncio.run(burst())
-        codes = sorted(r.status_code for r in responses)
+        # The 20 requests reach the server together (as behind a busy model), so they meet a
+        # queue of 2 whatever the client's timing: the first runs at once (the model is
+        # idle), two queue, the rest are refused.
+        answers = send_while_held(srv, "/v2/models/tiny/infer", [body] * 20)
         with httpx.Client(base_url=srv.url) as client:
             metrics = client.get("/metrics").text
+    codes = sorted(status for status, _ in answers)
     assert set(codes) == {200, 429}
-    rejected = [r for r in responses if r.status_code == 429]
-    assert "queue full" in rejected[0].json()["error"]
+    rejected = [doc for status, doc in answers if status == 429]
+    assert "queue full" in rejected[0]["error"]
     line = next(
         x
         for x in metrics.splitlines()
