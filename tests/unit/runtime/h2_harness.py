@@ -82,13 +82,18 @@ def ident(data: bytes) -> bytes:
     return data
 
 
-def make_server(max_message: int = MAX_MESSAGE) -> h2.GrpcServer:
-    methods = {
+def make_server(
+    max_message: int = MAX_MESSAGE, methods: dict[str, h2.Method] | None = None, **kw: Any
+) -> h2.GrpcServer:
+    """A test server (`methods` added to the standard ones; `kw` for GrpcServer)."""
+    standard = {
         "/t.S/Echo": h2.Method(echo, ident, ident),
         "/t.S/Now": h2.Method(echo, ident, ident, now=lambda r, c: r or None),
         "/t.S/Stream": h2.Method(repeat, ident, ident, streaming=True),
     }
-    return h2.GrpcServer(methods, max_message, max_streams=MAX_STREAMS)
+    return h2.GrpcServer(
+        {**standard, **(methods or {})}, max_message, max_streams=MAX_STREAMS, **kw
+    )
 
 
 def connect(server: h2.GrpcServer, high_water: int | None = None) -> tuple[Any, FakeTransport]:
@@ -123,6 +128,12 @@ def request_block(path: str = "/t.S/Echo", extra: list[tuple[str, str]] | None =
         *(extra or []),
     ]
     return bytes(hpack.Encoder().encode(headers))
+
+
+def raw_block(headers: list[tuple[str, str]]) -> bytes:
+    """A header block of literals exactly as given (no lowercasing, no checks), for the
+    malformed requests an encoder would not make."""
+    return b"".join(h2.literal(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers)
 
 
 def message(body: bytes, compressed: int = 0, length: int | None = None) -> bytes:

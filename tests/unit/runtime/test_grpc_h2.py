@@ -242,7 +242,7 @@ def test_a_reset_stream_is_forgotten_and_the_connection_goes_on(srv: RunningServ
     raw = Raw(srv.runtime.grpc_port)
     try:
         block = raw.encoder.encode(
-            [(":method", "POST"), (":path", "/grpc.health.v1.Health/Watch"),
+            [(":method", "POST"), (":scheme", "http"), (":path", "/grpc.health.v1.Health/Watch"),
              ("content-type", "application/grpc")]
         )  # fmt: skip
         message = encode_request("")

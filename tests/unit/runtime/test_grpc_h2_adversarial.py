@@ -250,10 +250,11 @@ def test_long_status_messages_fit_the_clients_frames() -> None:
     run(go)
 
 
-@pytest.mark.parametrize("value", ["1S\n", "\u0661S", "1S ", " 1S"])
+@pytest.mark.parametrize("value", ["1S\n", "\u0661S", "1S ", " 1S", "bad", "1x", "123456789S"])
 def test_a_malformed_grpc_timeout_is_refused(value: str) -> None:
-    """Not `1S` with a newline after it (field values cannot hold one), nor digits that are
-    not ASCII."""
+    """Not `1S` with a newline after it, nor digits that are not ASCII. A value RFC 9113
+    makes malformed (a newline, whitespace at either end) resets the stream (PROTOCOL_ERROR);
+    any other bad timeout is answered INTERNAL."""
     assert h2.parse_timeout(value) is None
 
     async def go() -> None:
@@ -262,10 +263,180 @@ def test_a_malformed_grpc_timeout_is_refused(value: str) -> None:
         _, frames = await exchange(
             hh.hello() + out + h2.frame(h2.DATA, h2.END_STREAM, 1, hh.message(b"x"))
         )
-        assert hh.statuses(frames) == {1: str(grpc.StatusCode.INTERNAL.value[0])}
+        if value != value.strip():
+            assert resets(frames) == {1: h2.PROTOCOL_ERROR}
+            assert hh.statuses(frames) == {}
+        else:
+            assert hh.statuses(frames) == {1: str(grpc.StatusCode.INTERNAL.value[0])}
 
     if value.isascii():
         run(go)
+
+
+# -- request header validation (RFC 9113, sections 8.2 and 8.3) -----------------------------
+
+GOOD = [
+    (":method", "POST"),
+    (":scheme", "http"),
+    (":path", "/t.S/Echo"),
+    (":authority", "t"),
+    ("content-type", "application/grpc"),
+    ("te", "trailers"),
+]
+
+
+def without(name: str) -> list[tuple[str, str]]:
+    return [h for h in GOOD if h[0] != name]
+
+
+def replaced(name: str, value: str) -> list[tuple[str, str]]:
+    return [(n, value if n == name else v) for n, v in GOOD]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [*GOOD, ("X-Upper", "v")],  # an uppercase name
+        [*GOOD, ("connection", "keep-alive")],
+        [*GOOD, ("keep-alive", "timeout=5")],
+        [*GOOD, ("proxy-connection", "keep-alive")],
+        [*GOOD, ("transfer-encoding", "chunked")],
+        [*GOOD, ("upgrade", "h2c")],
+        replaced("te", "gzip"),
+        replaced("te", "trailers, deflate"),
+        [*without(":path"), (":path", "/t.S/Echo")],  # a pseudo-header after regular ones
+        [(":status", "200"), *GOOD],  # a response's pseudo-header
+        [(":protocol", "websocket"), *GOOD],  # unknown
+        [(":path", "/t.S/Echo"), *GOOD],  # repeated
+        [(":method", "POST"), *GOOD],
+        [(":authority", "u"), *GOOD],
+        without(":method"),
+        without(":scheme"),
+        without(":path"),
+        replaced(":path", ""),
+        [*GOOD, ("x-a\x00b", "v")],  # names: NUL, CR, LF, space, tab, colon, DEL, latin-1
+        [*GOOD, ("x-a\rb", "v")],
+        [*GOOD, ("x-a\nb", "v")],
+        [*GOOD, ("x-a b", "v")],
+        [*GOOD, ("x-a\tb", "v")],
+        [*GOOD, ("x:b", "v")],
+        [*GOOD, ("x-\x7f", "v")],
+        [*GOOD, ("x-\xe9", "v")],
+        [*GOOD, ("", "v")],  # an empty name
+        [*GOOD, ("x-v", "a\x00b")],  # values: NUL, CR, LF, whitespace at either end
+        [*GOOD, ("x-v", "a\rb")],
+        [*GOOD, ("x-v", "a\nb")],
+        [*GOOD, ("x-v", " a")],
+        [*GOOD, ("x-v", "a\t")],
+        replaced(":path", "/t.S/Echo "),
+        replaced("content-type", "application/grpc\r\nx-injected: 1"),
+    ],
+)
+def test_a_malformed_request_is_a_stream_error(headers: list[tuple[str, str]]) -> None:
+    """RST_STREAM PROTOCOL_ERROR for that stream (not a gRPC status: RFC 9113, section
+    8.1.1), no handler runs, and the connection goes on serving."""
+
+    async def go() -> None:
+        bad = h2.frame(h2.HEADERS, h2.END_HEADERS, 1, hh.raw_block(headers))
+        bad += h2.frame(h2.DATA, h2.END_STREAM, 1, hh.message(b"x"))
+        conn, frames = await exchange(hh.hello() + bad + hh.call(3, b"after"))
+        assert resets(frames) == {1: h2.PROTOCOL_ERROR}
+        assert hh.statuses(frames) == {3: "0"}
+        assert hh.data_of(frames, 1) == b""
+        assert hh.goaway_code(frames) is None
+        assert not conn.transport.closing
+
+    run(go)
+
+
+def test_a_malformed_field_stays_malformed_when_indexed() -> None:
+    """Fields are checked as literals are decoded; one added to the dynamic table (by a
+    request that was refused for it) is refused again when a later request names its
+    index, while the table stays in step with the client's encoder."""
+
+    async def go() -> None:
+        bad = b"\x40\x03x-v\x03a\nb"  # literal with incremental indexing: entry 62
+        first = hh.raw_block(GOOD) + bad
+        again = hh.raw_block(GOOD) + b"\xbe"  # indexed: entry 62
+        data = h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, first)
+        data += h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 3, again)
+        conn, frames = await exchange(hh.hello() + data + hh.call(5, b"after"))
+        assert resets(frames) == {1: h2.PROTOCOL_ERROR, 3: h2.PROTOCOL_ERROR}
+        assert hh.statuses(frames) == {5: "0"}
+        assert ("x-v", "a\nb") in conn.decoder.table
+
+    run(go)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        GOOD,
+        without(":authority"),
+        without("te"),
+        [*GOOD, ("user-agent", "grpc-go/1.64.0"), ("grpc-timeout", "19999843u")],
+        [*GOOD, ("x-v", "a b\tc"), ("x-empty", ""), ("x-bin", "\x01\x7f\xff")],
+        [*GOOD, ("x-!#$%&'*+-.^_`|~09az", "v")],
+    ],
+)
+def test_well_formed_requests_are_served(headers: list[tuple[str, str]]) -> None:
+    async def go() -> None:
+        call = h2.frame(h2.HEADERS, h2.END_HEADERS, 1, hh.raw_block(headers))
+        call += h2.frame(h2.DATA, h2.END_STREAM, 1, hh.message(b"x"))
+        _, frames = await exchange(hh.hello() + call)
+        assert resets(frames) == {}
+        assert hh.statuses(frames) == {1: "0"}
+
+    run(go)
+
+
+def test_connect_without_path_is_not_malformed() -> None:
+    """CONNECT carries no :scheme nor :path (RFC 9113, section 8.5): the server answers
+    405 as for any method but POST, rather than resetting it as malformed."""
+
+    async def go() -> None:
+        block = hh.raw_block([(":method", "CONNECT"), (":authority", "t:443")])
+        _, frames = await exchange(hh.hello() + h2.frame(h2.HEADERS, h2.END_HEADERS, 1, block))
+        assert resets(frames) == {}
+        assert hh.statuses(frames) == {1: "http 405"}
+
+    run(go)
+
+
+@pytest.mark.parametrize(
+    ("trailers", "flags"),
+    [
+        ([(":path", "/t.S/Echo")], h2.END_HEADERS | h2.END_STREAM),  # a pseudo-header
+        ([("connection", "close")], h2.END_HEADERS | h2.END_STREAM),
+        ([("x-v", "a\nb")], h2.END_HEADERS | h2.END_STREAM),
+        ([("x-v", "ok")], h2.END_HEADERS),  # trailers that do not end the stream
+    ],
+)
+def test_malformed_trailers_are_a_stream_error(trailers: list[tuple[str, str]], flags: int) -> None:
+    async def go() -> None:
+        data = h2.frame(h2.HEADERS, h2.END_HEADERS, 1, hh.request_block())
+        data += h2.frame(h2.DATA, 0, 1, hh.message(b"x"))
+        data += h2.frame(h2.HEADERS, flags, 1, hh.raw_block(trailers))
+        conn, frames = await exchange(hh.hello() + data + hh.call(3, b"after"))
+        assert resets(frames) == {1: h2.PROTOCOL_ERROR}
+        assert hh.statuses(frames) == {3: "0"}
+        assert not conn.streams
+
+    run(go)
+
+
+def test_well_formed_trailers_end_the_request() -> None:
+    async def go() -> None:
+        data = h2.frame(h2.HEADERS, h2.END_HEADERS, 1, hh.request_block())
+        data += h2.frame(h2.DATA, 0, 1, hh.message(b"x"))
+        data += h2.frame(
+            h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, hh.raw_block([("x-t", "1")])
+        )
+        _, frames = await exchange(hh.hello() + data)
+        assert resets(frames) == {}
+        assert hh.statuses(frames) == {1: "0"}
+
+    run(go)
 
 
 # -- streams, flow control, messages ---------------------------------------------------------
@@ -472,6 +643,139 @@ def test_partial_frames_are_held_to_one_frame() -> None:
     run(go)
 
 
+# -- idle connections and slow handshakes ----------------------------------------------------
+
+
+def goaway(frames: Frames) -> tuple[int, int] | None:
+    """The (last stream id, error code) of the first GOAWAY, or None."""
+    for kind, _, _, payload in frames:
+        if kind == h2.GOAWAY:
+            last, code = struct.unpack(">LL", payload[:8])
+            return int(last) & 0x7FFFFFFF, int(code)
+    return None
+
+
+def test_an_idle_connection_is_sent_goaway_and_closed() -> None:
+    """The server's sweep is called with a loop time past the limit (no waiting): a
+    connection idle that long gets GOAWAY NO_ERROR naming the last stream it processed,
+    then is closed; one idle for less is left alone."""
+
+    async def go() -> None:
+        server = hh.make_server(idle_timeout=30.0)
+        conn, transport = hh.connect(server)
+        conn.data_received(hh.hello() + hh.call(1, b"a") + hh.call(3, b"b"))
+        await hh.settle()
+        loop = asyncio.get_running_loop()
+        server.sweep(loop.time() + 29.0)
+        assert goaway(hh.parse(bytes(transport.out))) is None
+        assert not transport.closing
+        server.sweep(loop.time() + 31.0)
+        frames = hh.parse(bytes(transport.out))
+        assert hh.statuses(frames) == {1: "0", 3: "0"}
+        assert goaway(frames) == (3, h2.NO_ERROR)
+        assert transport.closing
+        await hh.settle()
+        assert conn not in server.connections
+
+    run(go)
+
+
+def test_bytes_received_keep_a_connection_from_idling() -> None:
+    async def go() -> None:
+        server = hh.make_server(idle_timeout=30.0)
+        conn, transport = hh.connect(server)
+        conn.data_received(hh.hello())
+        loop = asyncio.get_running_loop()
+        conn.last_active -= 29.0  # as if the preface came 29 s ago
+        conn.data_received(h2.frame(h2.PING, 0, 0, b"12345678"))
+        server.sweep(loop.time() + 29.0)
+        assert not transport.closing
+        assert goaway(hh.parse(bytes(transport.out))) is None
+
+    run(go)
+
+
+def test_a_call_in_flight_keeps_its_connection_past_the_idle_limit() -> None:
+    """Idle is counted from the end of the last call: a connection whose call is held (its
+    handler waits on an event) is not closed however long it takes."""
+
+    async def go() -> None:
+        release = asyncio.Event()
+
+        async def held(request: bytes, context: h2.Context) -> bytes:
+            await release.wait()
+            return request
+
+        server = hh.make_server(
+            methods={"/t.S/Held": h2.Method(held, hh.ident, hh.ident)}, idle_timeout=30.0
+        )
+        conn, transport = hh.connect(server)
+        conn.data_received(hh.hello() + hh.call(1, b"held", path="/t.S/Held"))
+        await hh.settle()
+        loop = asyncio.get_running_loop()
+        server.sweep(loop.time() + 1000.0)
+        assert goaway(hh.parse(bytes(transport.out))) is None
+        assert not transport.closing
+        conn.last_active -= 1000.0  # the call has been running for 1000 s
+        release.set()
+        await hh.settle()
+        frames = hh.parse(bytes(transport.out))
+        assert hh.statuses(frames) == {1: "0"}
+        assert hh.data_of(frames, 1) == hh.message(b"held")
+        server.sweep(loop.time() + 29.0)  # idle since the answer, not since the request
+        assert not transport.closing
+        server.sweep(loop.time() + 31.0)
+        assert goaway(hh.parse(bytes(transport.out))) == (1, h2.NO_ERROR)
+        assert transport.closing
+
+    run(go)
+
+
+@pytest.mark.parametrize("sent", [b"", h2.PREFACE[:10], h2.PREFACE])
+def test_a_client_that_does_not_finish_its_handshake_is_closed(sent: bytes) -> None:
+    """Nothing, part of the preface, or the preface without SETTINGS (the bytes trickle in,
+    so the connection is not idle): closed once the handshake limit has passed."""
+
+    async def go() -> None:
+        server = hh.make_server(handshake_timeout=10.0)
+        conn, transport = hh.connect(server)
+        if sent:
+            conn.data_received(sent)
+        loop = asyncio.get_running_loop()
+        server.sweep(loop.time() + 9.0)
+        assert not transport.closing
+        conn.last_active = loop.time() + 10.5  # still trickling in: not idle
+        server.sweep(loop.time() + 11.0)
+        assert goaway(hh.parse(bytes(transport.out))) == (0, h2.NO_ERROR)
+        assert transport.closing
+
+    run(go)
+
+
+def test_a_finished_handshake_is_not_timed() -> None:
+    async def go() -> None:
+        server = hh.make_server(handshake_timeout=10.0, idle_timeout=0)
+        conn, transport = hh.connect(server)
+        conn.data_received(hh.hello())
+        loop = asyncio.get_running_loop()
+        server.sweep(loop.time() + 1e6)
+        assert not transport.closing
+        assert goaway(hh.parse(bytes(transport.out))) is None
+
+    run(go)
+
+
+def test_zero_turns_the_timeouts_off() -> None:
+    async def go() -> None:
+        server = hh.make_server(idle_timeout=0, handshake_timeout=0)
+        conn, transport = hh.connect(server)
+        conn.data_received(h2.PREFACE[:5])
+        server.sweep(asyncio.get_running_loop().time() + 1e6)
+        assert not transport.closing
+
+    run(go)
+
+
 # -- fuzzing ---------------------------------------------------------------------------------
 
 FUZZ = settings(
@@ -615,6 +919,62 @@ def test_garbage_on_one_socket_leaves_real_clients_served(live: Any) -> None:
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_the_sweep_closes_idle_and_silent_sockets_but_not_a_call_in_flight() -> None:
+    """The server's periodic sweep, through sockets, with limits of a tenth of a second: a
+    client that never sends its preface and one that stays idle after a call are sent
+    GOAWAY and closed; a connection whose call is held open past the limit is not, and is
+    closed only once idle after its answer."""
+
+    async def read_all(reader: asyncio.StreamReader) -> Frames:
+        data = await asyncio.wait_for(reader.read(), 10)  # to EOF: the server closed it
+        return hh.parse(data)
+
+    async def go() -> None:
+        release = asyncio.Event()
+        started = asyncio.Event()
+
+        async def held(request: bytes, context: h2.Context) -> bytes:
+            started.set()
+            await release.wait()
+            return request
+
+        server = hh.make_server(
+            methods={"/t.S/Held": h2.Method(held, hh.ident, hh.ident)},
+            idle_timeout=0.1,
+            handshake_timeout=0.1,
+        )
+        port = await server.start("127.0.0.1", 0)
+        try:
+            silent_r, silent_w = await asyncio.open_connection("127.0.0.1", port)
+            idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
+            idle_w.write(hh.hello() + hh.call(1, b"a"))
+            busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)
+            busy_w.write(hh.hello() + hh.call(1, b"held", path="/t.S/Held"))
+
+            silent = await read_all(silent_r)
+            assert goaway(silent) == (0, h2.NO_ERROR)
+            idle = await read_all(idle_r)
+            assert hh.statuses(idle) == {1: "0"}
+            assert goaway(idle) == (1, h2.NO_ERROR)
+
+            await asyncio.wait_for(started.wait(), 10)
+            # Past the idle limit several times over (the sweep runs every 0.05 s).
+            await asyncio.sleep(0.5)
+            assert not busy_r.at_eof()
+            assert len(server.connections) == 1
+            release.set()
+            busy = await read_all(busy_r)
+            assert hh.statuses(busy) == {1: "0"}
+            assert hh.data_of(busy, 1) == hh.message(b"held")
+            assert goaway(busy) == (1, h2.NO_ERROR)
+            for w in (silent_w, idle_w, busy_w):
+                w.close()
+        finally:
+            await server.stop(0)
+
+    run(go)
 
 
 def test_a_long_method_name_through_grpcio(live: Any) -> None:

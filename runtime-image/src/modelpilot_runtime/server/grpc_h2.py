@@ -20,6 +20,13 @@ HPACK header decoding (`HeaderDecoder`, with the `hpack` package's static and
 Huffman tables). Responses use literal header fields without
 indexing, so the server keeps no encoder state. No TLS, no HTTP/1.1 upgrade (clients use
 prior knowledge, as every gRPC client does for plaintext), no server push.
+
+A malformed request (RFC 9113, sections 8.2 and 8.3: a name with uppercase or forbidden
+characters, a value with NUL, CR or LF, a connection-specific field, `te` other than
+`trailers`, pseudo-headers unknown, repeated, after regular ones or missing) is reset with
+PROTOCOL_ERROR, as section 8.1.1 asks. One sweep every few seconds closes, with GOAWAY
+NO_ERROR, the connections with no stream open and nothing received for `idle_timeout`
+seconds, and those whose preface and SETTINGS have not come within `handshake_timeout`.
 """
 
 from __future__ import annotations
@@ -89,6 +96,47 @@ OK, UNKNOWN, INTERNAL = 0, 2, 13
 DEADLINE_EXCEEDED, UNIMPLEMENTED, UNAVAILABLE = 4, 12, 14
 RESOURCE_EXHAUSTED = 8
 
+# Request header validation (RFC 9113, sections 8.2 and 8.3): a malformed request is a stream
+# error (RST_STREAM PROTOCOL_ERROR), not a gRPC status. The characters of names and values
+# are checked by the HPACK decoder as it decodes literals (see `HeaderDecoder.malformed`);
+# the request's fields themselves where the server reads them (`_Connection._header_block`).
+BAD_NAME = re.compile(r"[\x00-\x20A-Z:\x7f-\xff]")  # a pseudo-header's leading colon aside
+BAD_VALUE = re.compile(r"[\x00\r\n]")
+CONNECTION_HEADERS = frozenset(
+    ("connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade")
+)
+
+
+# Names found well-formed (short ones, a bounded number): a client sends the same few.
+GOOD_NAMES: set[str] = set()
+WHITESPACE = (" ", "\t")
+
+
+def bad_field(name: str, value: str) -> str | None:
+    """What makes this field malformed (RFC 9113, section 8.2.1), or None: a name empty or
+    with a character of 0x00-0x20, A-Z, 0x7f-0xff, or a colon past a pseudo-header's first;
+    a value with NUL, CR or LF, or starting or ending with a space or tab."""
+    if name not in GOOD_NAMES:
+        bare = name[1:] if name[:1] == ":" else name
+        if not bare or BAD_NAME.search(bare):
+            return f"header name {name!r}"
+        if len(name) <= 64 and len(GOOD_NAMES) < 1024:
+            GOOD_NAMES.add(name)
+    if value[:1] in WHITESPACE or value[-1:] in WHITESPACE:
+        return f"value of {name} {value!r}"
+    if not value.isprintable() and BAD_VALUE.search(value):  # (tabs, obs-text are allowed)
+        return f"value of {name} {value!r}"
+    return None
+
+
+def malformed_trailers(headers: list[tuple[str, str]]) -> str | None:
+    for name, value in headers:
+        if name[:1] == ":":
+            return f"pseudo-header {name} in trailers"
+        if name in CONNECTION_HEADERS or (name == "te" and value != "trailers"):
+            return f"connection-specific header {name}"
+    return None
+
 
 def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     n = len(payload)
@@ -144,10 +192,21 @@ class HPACKError(Exception):
 STATIC = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in HeaderTable.STATIC_TABLE]
 
 
+class _Malformed(tuple[str, str]):
+    """A dynamic table entry that is not a well-formed field (RFC 9113, section 8.2.1)."""
+
+    __slots__ = ()
+
+
 class HeaderDecoder:
     """HPACK decoding (RFC 7541) for one connection. Names and values come out as latin-1
     text (gRPC's headers are ASCII). Decoded lists are limited to `max_list` bytes (counted
-    as the RFC counts entries), which also bounds what indexing can repeat."""
+    as the RFC counts entries), which also bounds what indexing can repeat.
+
+    After `decode`, `malformed` says why a field of the block is not well-formed (RFC 9113,
+    section 8.2.1), or is None. Only literals are checked, as they are decoded: the static
+    table's fields are well-formed, and a dynamic entry keeps the verdict it had when added,
+    so the fields a client sends indexed (most of a request's) cost nothing to check."""
 
     def __init__(self, max_table: int = 4096, max_list: int = MAX_HEADER_BLOCK) -> None:
         self.max_table = max_table  # the most SETTINGS_HEADER_TABLE_SIZE lets a client use
@@ -155,6 +214,7 @@ class HeaderDecoder:
         self.max_list = max_list
         self.table: list[tuple[str, str]] = []  # newest first (index 62 = table[0])
         self.size = 0
+        self.malformed: str | None = None
 
     @staticmethod
     def _int(data: bytes, pos: int, prefix: int) -> tuple[int, int]:
@@ -197,9 +257,9 @@ class HeaderDecoder:
             return self.table[index - 62]
         raise HPACKError(f"no header table entry {index}")
 
-    def _add(self, name: str, value: str) -> None:
+    def _add(self, name: str, value: str, bad: bool) -> None:
         size = len(name) + len(value) + 32
-        self.table.insert(0, (name, value))
+        self.table.insert(0, _Malformed((name, value)) if bad else (name, value))
         self.size += size
         self._shrink()
 
@@ -214,6 +274,7 @@ class HeaderDecoder:
         total = 0
         pos, end = 0, len(data)
         table = self.table
+        malformed = None
         while pos < end:
             byte = data[pos]
             if byte & 0x80:  # indexed (the common case, inlined)
@@ -226,6 +287,8 @@ class HeaderDecoder:
                     header = STATIC[index - 1]
                 elif 61 < index <= 61 + len(table):
                     header = table[index - 62]
+                    if header.__class__ is _Malformed and malformed is None:
+                        malformed = bad_field(*header)
                 else:
                     raise HPACKError(f"no header table entry {index}")
             elif byte & 0xE0 == 0x20:  # dynamic table size update
@@ -246,12 +309,16 @@ class HeaderDecoder:
                     name, pos = self._string(data, pos)
                 value, pos = self._string(data, pos)
                 header = (name, value)
+                why = bad_field(name, value)
+                if why is not None and malformed is None:
+                    malformed = why
                 if indexing:
-                    self._add(name, value)
+                    self._add(name, value, why is not None)
             total += len(header[0]) + len(header[1]) + 32
             if total > self.max_list:
                 raise HPACKError(f"header list over {self.max_list} bytes")
             headers.append(header)
+        self.malformed = malformed
         return headers
 
 
@@ -370,6 +437,10 @@ class _Connection(asyncio.Protocol):
         self.going_away = False
         self.closed = False
         self.out: list[bytes] | None = None  # writes held back during a read
+        # For the server's sweep: when the connection was opened, whether the client's
+        # preface and SETTINGS have come, and when it last had bytes in or a stream open.
+        self.opened = self.last_active = self.loop.time()
+        self.handshaken = False
 
     # -- connection --------------------------------------------------------------------------
 
@@ -441,6 +512,20 @@ class _Connection(asyncio.Protocol):
             self.out.clear()
         self.transport.close()
 
+    def overdue(self, now: float) -> str | None:
+        """Why the server's sweep closes this connection now, or None. A connection with a
+        stream open is never closed here."""
+        if self.streams or self.closed:
+            return None
+        server = self.server
+        limit = server.handshake_timeout
+        if not self.handshaken and limit > 0 and now - self.opened > limit:
+            return f"no client preface and SETTINGS within {limit:g} s"
+        limit = server.idle_timeout
+        if limit > 0 and now - self.last_active > limit:
+            return f"idle for {limit:g} s"
+        return None
+
     def abort_streams(self) -> None:
         """Shutdown's end: cancel what still runs and close."""
         for stream in list(self.streams.values()):
@@ -454,6 +539,7 @@ class _Connection(asyncio.Protocol):
         # What the frames of one read answer (a response, a PING's ACK, WINDOW_UPDATEs) goes
         # out in one write: a client's PING often comes in the same read as its next request.
         self.out = []
+        self.last_active = self.loop.time()
         try:
             self._read(data)
         finally:
@@ -565,6 +651,7 @@ class _Connection(asyncio.Protocol):
             return
         if len(payload) % 6:
             raise _ConnectionError(FRAME_SIZE_ERROR, "bad SETTINGS length")
+        self.handshaken = True  # the client's preface is read, and a SETTINGS frame
         for i in range(0, len(payload), 6):
             key, value = struct.unpack_from(">HL", payload, i)
             if key == SETTINGS_INITIAL_WINDOW_SIZE:
@@ -655,10 +742,16 @@ class _Connection(asyncio.Protocol):
         except HPACKError as exc:
             raise _ConnectionError(COMPRESSION_ERROR, f"bad header block: {exc}") from None
         stream = self.streams.get(sid)
-        if stream is not None:  # trailers from the client: only END_STREAM matters
+        if stream is not None:  # trailers from the client: they must end the stream
             if stream.remote_done:
                 self._reset(stream, STREAM_CLOSED)
-            elif flags & END_STREAM:
+                return
+            bad = self.decoder.malformed or malformed_trailers(headers)
+            if bad is None and not flags & END_STREAM:
+                bad = "trailers without END_STREAM"
+            if bad is not None:
+                self._malformed(sid, bad)
+            else:
                 self._end_of_request(stream)
             return
         if sid % 2 == 0 or sid <= self.last_stream:
@@ -672,21 +765,59 @@ class _Connection(asyncio.Protocol):
         if self.going_away or len(self.streams) >= self.server.max_streams:
             self._write(frame(RST_STREAM, 0, sid, struct.pack(">L", REFUSED_STREAM)))
             return
+        if self.decoder.malformed is not None:  # a name or value's characters
+            self._malformed(sid, self.decoder.malformed)
+            return
+        # RFC 9113, sections 8.2 and 8.3: pseudo-headers first, each of the four known ones
+        # at most once; no connection-specific field; `te` only as "trailers".
+        path = method = scheme = authority = None
+        content_type = encoding = ""
+        timeout: str | None = None
+        regular = False
+        why: str | None = None
+        for name, value in headers:
+            if name[:1] == ":":
+                if regular:
+                    why = f"pseudo-header {name} after a regular header"
+                    break
+                if name == ":path" and path is None:
+                    path = value
+                elif name == ":method" and method is None:
+                    method = value
+                elif name == ":scheme" and scheme is None:
+                    scheme = value
+                elif name == ":authority" and authority is None:
+                    authority = value
+                else:
+                    why = f"unknown or repeated pseudo-header {name}"
+                    break
+            else:
+                regular = True
+                if name == "content-type":
+                    content_type = value
+                elif name == "grpc-timeout":
+                    timeout = value
+                elif name == "grpc-encoding":
+                    encoding = value
+                elif name == "te":
+                    if value != "trailers":
+                        why = f"te: {value}"
+                        break
+                elif name in CONNECTION_HEADERS:
+                    why = f"connection-specific header {name}"
+                    break
+        if why is None:
+            if method is None or (method != "CONNECT" and (scheme is None or path is None)):
+                why = "a required pseudo-header is missing"
+            elif path == "":
+                why = "an empty :path"
+        if why is not None:
+            self._malformed(sid, why)
+            return
         stream = _Stream(sid, self.peer_initial_window)
         self.streams[sid] = stream
-        method = content_type = ""
-        timeout: str | None = None
-        for name, value in headers:
-            if name == ":path":
-                stream.path = value
-            elif name == ":method":
-                method = value
-            elif name == "content-type":
-                content_type = value
-            elif name == "grpc-timeout":
-                timeout = value
-            elif name == "grpc-encoding":
-                stream.encoding = value
+        stream.path = path or ""
+        stream.encoding = encoding
         if method != "POST" or not content_type.startswith("application/grpc"):
             self._forget(stream)
             # `:status` (static name 8) 405 or 415, literal without indexing.
@@ -702,6 +833,11 @@ class _Connection(asyncio.Protocol):
             stream.deadline = self.loop.time() + seconds
         if flags & END_STREAM:
             self._end_of_request(stream)
+
+    def _malformed(self, sid: int, why: str) -> None:
+        """A malformed request (RFC 9113, section 8.1.1): a stream error, PROTOCOL_ERROR."""
+        log.debug("gRPC stream %d: malformed request: %s", sid, why)
+        self._stream_error(sid, PROTOCOL_ERROR)
 
     def _data(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0:
@@ -954,6 +1090,7 @@ class _Connection(asyncio.Protocol):
         self.streams.pop(stream.id, None)
         self.blocked.pop(stream.id, None)
         if not self.streams:
+            self.last_active = self.loop.time()  # idle from now on
             self.server.wake()
             self._close_if_idle()
 
@@ -976,6 +1113,8 @@ class GrpcServer:
         max_message: int,
         max_streams: int = 1024,
         max_buffered: int | None = None,
+        idle_timeout: float = 300.0,
+        handshake_timeout: float = 10.0,
     ) -> None:
         self.methods = methods
         self.max_message = max_message
@@ -989,17 +1128,42 @@ class GrpcServer:
         if max_buffered is None:
             max_buffered = max(8 * (max_message + 5), 256 * 1024 * 1024)
         self.max_buffered = max_buffered
+        # A connection with no stream open and no bytes in for `idle_timeout` seconds is
+        # sent GOAWAY (NO_ERROR) and closed, as gRPC servers' max-connection-idle does; one
+        # whose client preface and SETTINGS have not come within `handshake_timeout` too.
+        # 0 turns either off. One sweep over all connections checks them (see `sweep`).
+        self.idle_timeout = idle_timeout
+        self.handshake_timeout = handshake_timeout
         self.connections: set[_Connection] = set()
         self.closing = False
         self._server: asyncio.AbstractServer | None = None
         self._idle: asyncio.Event | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _Connection(self), host, port, reuse_address=True
         )
+        limits = [t for t in (self.idle_timeout, self.handshake_timeout) if t > 0]
+        if limits:
+            self._sweeper = loop.create_task(self._sweep(min(5.0, *limits) / 2))
         return int(self._server.sockets[0].getsockname()[1])
+
+    async def _sweep(self, period: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            self.sweep(loop.time())
+
+    def sweep(self, now: float) -> None:
+        """Close, gracefully (GOAWAY NO_ERROR, the last stream processed), the connections
+        idle or without a handshake past their limit (loop time `now`)."""
+        for conn in list(self.connections):
+            why = conn.overdue(now)
+            if why is not None:
+                log.debug("gRPC connection closed: %s", why)
+                conn.go_away(NO_ERROR, why)
 
     def wake(self) -> None:
         if self._idle is not None and not any(c.streams for c in self.connections):
@@ -1020,5 +1184,7 @@ class GrpcServer:
                 await asyncio.wait_for(self._idle.wait(), grace)
         for conn in list(self.connections):
             conn.abort_streams()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             await self._server.wait_closed()
