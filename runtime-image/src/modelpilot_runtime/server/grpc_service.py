@@ -44,6 +44,12 @@ from modelpilot_runtime.tensors import (
     v2_dtype,
 )
 
+# A call cancelled with less than this left of its deadline counts as past its deadline (504),
+# not cancelled (499): the client's deadline starts when it sends, the server's when it reads,
+# so the client's expiry cancels the call slightly before the server's deadline, and before
+# the server's own timer (DEADLINE_MARGIN) when the event loop runs late.
+EXPIRY_SLACK = 0.1
+
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     404: grpc.StatusCode.NOT_FOUND,
@@ -231,7 +237,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             remaining = context.time_remaining()
             gone = (
                 InferenceError("the client's deadline passed", 504)
-                if (remaining is not None and remaining <= 0) or getattr(context, "expired", False)
+                if (remaining is not None and remaining <= EXPIRY_SLACK)
+                or getattr(context, "expired", False)
                 else InferenceError("the client cancelled the call", CLIENT_CLOSED)
             )
             self.outcomes.failed(gone, served, request.model_name, GRPC_V2, started)
