@@ -268,9 +268,11 @@ def _operator_pods(scenario: Scenario) -> list[str]:
     ]
 
 
-def test_killing_the_leader_hands_over_to_the_other_replica(scenario: Scenario) -> None:
-    """Default values run two replicas: one holds the Lease and acts; when it dies the
-    other takes the Lease within the lease duration and repairs what changed meanwhile."""
+def test_killing_the_leader_hands_over_to_another_replica(scenario: Scenario) -> None:
+    """Default values run two replicas: one holds the Lease and acts; when it dies another
+    replica takes the Lease once it expires and repairs what changed meanwhile. That may be
+    the surviving replica or the one the ReplicaSet starts in the dead one's place: both
+    retry every few seconds, and whichever asks first after the expiry wins."""
     pods = _operator_pods(scenario)
     assert len(pods) == 2, pods
     before = _lease(scenario)
@@ -288,7 +290,7 @@ def test_killing_the_leader_hands_over_to_the_other_replica(scenario: Scenario) 
         interval=1,
     )
     after = _lease(scenario)
-    assert after["holderIdentity"] in pods
+    assert after["holderIdentity"] in _operator_pods(scenario)
     assert int(after.get("leaseTransitions") or 0) > int(before.get("leaseTransitions") or 0)
     wait_for(
         "the new leader to repair the deleted Service",
