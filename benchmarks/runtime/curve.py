@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,45 +53,6 @@ def measure(
     result["server_cpu_us"] = 1e6 * (cpu1 - cpu0) / answered if answered else 0.0
     result["mean_batch"] = answered / (c1 - c0) if c1 > c0 else 0.0
     return result
-
-
-def start_baseline(
-    rev: str, model: str, repo: Path, flags: list[str], work: Path
-) -> tuple[Any, str, str]:
-    """A server from the runtime's sources at `rev` (extracted with git archive), run by this
-    interpreter with those sources first on the path."""
-    src = work / "baseline"
-    src.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(bench.ROOT), "archive", rev, "runtime-image/src"],
-        capture_output=True,
-        check=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-    http_port, grpc_port = bench.free_port(), bench.free_port()
-    cmd = [
-        "taskset", "-c", bench.SERVER_CORE, sys.executable, "-m", "modelpilot_runtime",
-        "--log-level", "warning", "serve",
-        "--model", f"{model}={repo / model}", "--host", "127.0.0.1",
-        "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-        "--intra-op-threads", "1", "--inter-op-threads", "1", "--poll-interval", "0",
-        "--max-queue", "1024", *flags,
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(src / "runtime-image/src")}
-    with (work / "baseline.log").open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if bench.httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
-                return proc, url, f"127.0.0.1:{grpc_port}"
-        except bench.httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise SystemExit(f"baseline server did not become ready; see {work / 'baseline.log'}")
 
 
 MEDIAN_KEYS = (
@@ -197,8 +157,12 @@ def main() -> None:
             )
             servers[side] = (proc, bench.Target(args.model, url, grpc_target, bodies, ""))
         if args.baseline:
-            proc, url, grpc_target = start_baseline(
-                args.baseline, args.model, repo, SIDES["batched"], work
+            proc, url, grpc_target = bench.start_server(
+                args.model,
+                repo,
+                SIDES["batched"],
+                work / "baseline.log",
+                src=bench.baseline_sources(args.baseline, work),
             )
             servers["batched, baseline"] = (
                 proc,

@@ -46,32 +46,8 @@ def start(
     src: Path | None, model: str, repo: Path, flags: list[str], log: Path
 ) -> tuple[subprocess.Popen[bytes], bench.Target]:
     """A runtime server on the server core: this tree's (src None) or the sources in src."""
-    http_port, grpc_port = bench.free_port(), bench.free_port()
-    cmd = [
-        *bench.PRIORITY, "taskset", "-c", bench.SERVER_CORE,
-        sys.executable, "-m", "modelpilot_runtime",
-        "--log-level", "warning", "serve",
-        "--model", f"{model}={repo / model}", "--host", "127.0.0.1",
-        "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-        "--intra-op-threads", "1", "--inter-op-threads", "1", "--poll-interval", "0",
-        "--max-queue", "1024", *flags,
-    ]  # fmt: skip
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str((src or bench.ROOT) / "runtime-image/src")
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if bench.httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
-                return proc, bench.Target(model, url, f"127.0.0.1:{grpc_port}", {}, "")
-        except bench.httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise SystemExit(f"server did not become ready; see {log}")
+    proc, url, grpc_target = bench.start_server(model, repo, flags, log, src=src)
+    return proc, bench.Target(model, url, grpc_target, {}, "")
 
 
 def measure(
@@ -132,14 +108,7 @@ def main() -> None:
     model = "tiny"
     repo = write_repository(work / "models", [model])
     bodies = bench.write_bodies(model, work)
-    base_src = work / "baseline"
-    base_src.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(bench.ROOT), "archive", args.baseline, "runtime-image/src"],
-        capture_output=True,
-        check=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(base_src)], input=archive, check=True)
+    base_src = bench.baseline_sources(args.baseline, work)
     rev = subprocess.run(
         ["git", "-C", str(bench.ROOT), "rev-parse", "--short", args.baseline],
         capture_output=True,

@@ -245,21 +245,33 @@ def load(t: Target, protocol: str, concurrency: int, seconds: float) -> dict[str
 
 
 def start_server(
-    model: str, repo: Path, batching: list[str], log: Path
+    model: str,
+    repo: Path,
+    batching: list[str],
+    log: Path,
+    src: Path | None = None,
+    env: dict[str, str] | None = None,
+    ready_within: float = 60.0,
 ) -> tuple[subprocess.Popen[bytes], str, str]:
+    """A runtime serving `model` on the server core, run by this interpreter: this tree's, or
+    the sources at `src` (see `baseline_sources`). Returns the process, its HTTP URL and its
+    gRPC target once it is ready."""
     http_port, grpc_port = free_port(), free_port()
     cmd = [
-        *PRIORITY, "taskset", "-c", SERVER_CORE, str(ROOT / ".venv/bin/modelpilot-runtime"),
+        *PRIORITY, "taskset", "-c", SERVER_CORE, sys.executable, "-m", "modelpilot_runtime",
         "--log-level", "warning", "serve",
         "--model", f"{model}={repo / model}", "--host", "127.0.0.1",
         "--http-port", str(http_port), "--grpc-port", str(grpc_port),
         "--intra-op-threads", "1", "--inter-op-threads", "1", "--poll-interval", "0",
         "--max-queue", "1024", *batching,
     ]  # fmt: skip
+    full_env = {**os.environ, **(env or {})}
+    if src is not None:
+        full_env["PYTHONPATH"] = str(src)
     with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
     url = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + ready_within
     while time.monotonic() < deadline:
         try:
             if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
@@ -270,6 +282,20 @@ def start_server(
             break
         time.sleep(0.1)
     raise SystemExit(f"server for {model} did not become ready; see {log}")
+
+
+def baseline_sources(rev: str, work: Path) -> Path:
+    """The runtime's sources as they were at git revision `rev` (git archive, into work),
+    for `start_server(src=...)`."""
+    dest = work / "baseline"
+    dest.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "runtime-image/src"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest / "runtime-image/src"
 
 
 def ceiling(model_path: Path, shape: list[int], batches: list[int]) -> dict[int, dict[str, float]]:

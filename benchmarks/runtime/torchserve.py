@@ -56,32 +56,8 @@ def start(
     model: str, repo: Path, log: Path, env: dict[str, str] | None = None, src: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     """A runtime serving `model`, pinned like `run.py`'s; from the sources at `src` if given."""
-    http_port, grpc_port = bench.free_port(), bench.free_port()
-    cmd = [
-        *bench.PRIORITY, "taskset", "-c", bench.SERVER_CORE, sys.executable,
-        "-m", "modelpilot_runtime", "--log-level", "warning", "serve",
-        "--model", f"{model}={repo / model}", "--host", "127.0.0.1",
-        "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-        "--intra-op-threads", "1", "--inter-op-threads", "1", "--poll-interval", "0",
-        "--max-queue", "1024",
-    ]  # fmt: skip
-    full_env = {**os.environ, **(env or {})}
-    if src is not None:
-        full_env["PYTHONPATH"] = str(src)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
-    url = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if bench.httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
-                return proc, url
-        except bench.httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    raise SystemExit(f"server for {model} did not become ready; see {log}")
+    proc, url, _ = bench.start_server(model, repo, [], log, src=src, env=env, ready_within=180)
+    return proc, url
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -91,18 +67,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def baseline_sources(rev: str, work: Path) -> Path:
-    dest = work / "baseline"
-    dest.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(bench.ROOT), "archive", rev, "runtime-image/src"],
-        capture_output=True,
-        check=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest / "runtime-image/src"
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -147,7 +111,7 @@ def measure(args: argparse.Namespace, repo: Path, work: Path) -> list[dict[str, 
         proc, url = start("tiny_onnx", repo, work / "onnx.log")
         sides[ONNX] = (proc, url, "tiny_onnx")
         if args.baseline:
-            src = baseline_sources(args.baseline, work)
+            src = bench.baseline_sources(args.baseline, work)
             proc, url = start("tiny_ts", repo, work / "baseline.log", src=src)
             sides[f"{TS}, {args.baseline}"] = (proc, url, "tiny_ts")
         proc, url = start("tiny_ts", repo, work / "ts.log")
