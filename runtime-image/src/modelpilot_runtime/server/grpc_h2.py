@@ -915,12 +915,8 @@ class _Connection(asyncio.Protocol):
         if method.now is not None:
             try:
                 response = method.now(request, context)
-            except AbortError as exc:
-                self._end(stream, exc.code, exc.details)
-                return
-            except Exception:
-                log.exception("gRPC %s failed", stream.path)
-                self._end(stream, UNKNOWN, "unexpected error")
+            except Exception as exc:
+                self._failed(stream, exc)
                 return
             if response is not None:
                 self._answer(stream, method.serialize(response))
@@ -932,6 +928,14 @@ class _Connection(asyncio.Protocol):
         runner = self._stream_call if method.streaming else self._unary_call
         stream.task = self.loop.create_task(runner(stream, method, request, context))
 
+    def _failed(self, stream: _Stream, exc: Exception) -> None:
+        """End a call whose handler raised: its abort's status, or UNKNOWN (and a log)."""
+        if isinstance(exc, AbortError):
+            self._end(stream, exc.code, exc.details)
+        else:
+            log.error("gRPC %s failed", stream.path, exc_info=exc)
+            self._end(stream, UNKNOWN, "unexpected error")
+
     async def _unary_call(
         self, stream: _Stream, method: Method, request: Any, context: Context
     ) -> None:
@@ -939,12 +943,8 @@ class _Connection(asyncio.Protocol):
             response = await method.handler(request, context)
         except asyncio.CancelledError:
             return  # reset by the client, past its deadline, or the server stopping
-        except AbortError as exc:
-            self._end(stream, exc.code, exc.details)
-            return
-        except Exception:
-            log.exception("gRPC %s failed", stream.path)
-            self._end(stream, UNKNOWN, "unexpected error")
+        except Exception as exc:
+            self._failed(stream, exc)
             return
         self._answer(stream, method.serialize(response))
 
@@ -959,12 +959,8 @@ class _Connection(asyncio.Protocol):
                 self._send_message(stream, method.serialize(response))
         except asyncio.CancelledError:
             return
-        except AbortError as exc:
-            self._end(stream, exc.code, exc.details)
-            return
-        except Exception:
-            log.exception("gRPC %s failed", stream.path)
-            self._end(stream, UNKNOWN, "unexpected error")
+        except Exception as exc:
+            self._failed(stream, exc)
             return
         finally:
             with contextlib.suppress(Exception):
